@@ -300,7 +300,9 @@ def check_against_graph(card: ModelCard, inputs: Sequence[TensorInfo], outputs: 
         )
     out = outs[card.output.name]
     if len(out.shape) != 4:
-        raise ModelCardError(f"graph output '{out.name}': expected rank 4 (N, C, H, W), got shape {out.shape}")
+        raise ModelCardError(
+            f"graph output '{out.name}': expected rank 4 (N, C, H, W), got shape {out.shape}"
+        )
     _dim(out.name, "classes", out.shape[1], len(card.classes))
     if card.output.image_scores is not None:
         if card.output.image_scores not in outs:

@@ -7,8 +7,10 @@ made and not three stages later.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -111,10 +113,13 @@ class Region:
     def __post_init__(self) -> None:
         _require(self.class_id >= 1, f"expected class_id >= 1 (0 is background), got {self.class_id}")
         _require(
-            0.0 <= self.score <= 1.0 and not math.isnan(self.score), f"expected score in [0, 1], got {self.score}"
+            0.0 <= self.score <= 1.0 and not math.isnan(self.score),
+            f"expected score in [0, 1], got {self.score}",
         )
         _require(self.area_px >= 0, f"expected area_px >= 0, got {self.area_px}")
-        _require(self.bbox[2] >= 0 and self.bbox[3] >= 0, f"expected a non-negative bbox size, got {self.bbox}")
+        _require(
+            self.bbox[2] >= 0 and self.bbox[3] >= 0, f"expected a non-negative bbox size, got {self.bbox}"
+        )
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict."""
@@ -129,18 +134,17 @@ class Region:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> Region:
+    def from_dict(cls, d: Mapping[str, Any]) -> Region:
         """Inverse of :meth:`to_dict`."""
         bbox = d["bbox"]
-        centroid = d.get("centroid", [0.0, 0.0])
-        assert isinstance(bbox, list | tuple) and isinstance(centroid, list | tuple)
+        centroid = d.get("centroid") or (0.0, 0.0)
         return cls(
-            class_id=int(d["class_id"]),  # type: ignore[call-overload]
+            class_id=int(d["class_id"]),
             class_name=str(d["class_name"]),
-            score=float(d["score"]),  # type: ignore[arg-type]
+            score=float(d["score"]),
             bbox=(int(bbox[0]), int(bbox[1]), int(bbox[2]), int(bbox[3])),
-            area_px=float(d["area_px"]),  # type: ignore[arg-type]
-            area_mm2=None if d.get("area_mm2") is None else float(d["area_mm2"]),  # type: ignore[arg-type]
+            area_px=float(d["area_px"]),
+            area_mm2=None if d.get("area_mm2") is None else float(d["area_mm2"]),
             centroid=(float(centroid[0]), float(centroid[1])),
         )
 

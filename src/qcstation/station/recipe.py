@@ -96,7 +96,7 @@ class Recipe(_Strict):
     description: str = ""
     model: str = Field(min_length=1, description="path to the .onnx model, relative to the recipe file")
     mm_per_px: float | None = Field(default=None, gt=0.0)
-    roi: list[list[Point]] = Field(default_factory=list, description="polygons to inspect; empty: whole frame")
+    roi: list[list[Point]] = Field(default_factory=list, description="polygons to inspect (none: all)")
     ignore: list[list[Point]] = Field(default_factory=list, description="polygons never inspected")
     classes: dict[str, ClassRule] = Field(default_factory=dict)
     holds: HoldRules = HoldRules()
@@ -117,7 +117,7 @@ class Recipe(_Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def rule_for(self, class_name: str) -> ClassRule:
-        """The rule of a class; a class the recipe does not name gets the default rule (FAIL on any region)."""
+        """The rule of a class; a class the recipe does not name gets the default (FAIL on any region)."""
         return self.classes.get(class_name, ClassRule())
 
     def check_classes(self, model_classes: tuple[str, ...]) -> None:
@@ -169,5 +169,3 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     if not model_path.is_absolute():
         model_path = (p.parent / model_path).resolve()
     return LoadedRecipe(recipe=recipe, path=p.resolve(), model_path=model_path)
-
-
