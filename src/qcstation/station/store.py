@@ -955,6 +955,7 @@ class Store:
         if image_ref is not None and not _REF_RE.fullmatch(image_ref):
             raise ValueError(f"expected an image ref of 64 lowercase hex digits, got {image_ref!r}")
         f, insp = d.frame, d.inspection
+        model = insp.model if insp is not None else d.model
         timings = {**(insp.timings_ms if insp is not None else {}), **d.timings_ms}
         return {
             "id": d.record_id,
@@ -966,9 +967,9 @@ class Store:
             "source": f.source,
             "captured_at": utc_iso(f.captured_at),
             "decided_at": utc_iso(d.decided_at),
-            "model_name": insp.model.name if insp is not None else "",
-            "model_version": insp.model.version if insp is not None else "",
-            "model_sha256": insp.model.sha256 if insp is not None else "",
+            "model_name": model.name if model is not None else "",
+            "model_version": model.version if model is not None else "",
+            "model_sha256": model.sha256 if model is not None else "",
             "verdict": d.judgement.verdict.value,
             "disposition": d.disposition.value,
             "reasons": _dumps(list(d.judgement.reasons)),

@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from qcstation.inspect.types import Frame, Inspection
+from qcstation.inspect.types import Frame, Inspection, ModelInfo
 
 
 class Verdict(StrEnum):
@@ -122,6 +122,7 @@ class Decision:
         events: hold and fault events decided together with this part (committed in the same transaction).
         keep_image: whether the frame's image is archived.
         timings_ms: stage durations (queue waits, preprocess, infer, postprocess, decide).
+        model: the model in force, named on the record even when inspection failed (verdict ERROR).
     """
 
     record_id: str
@@ -135,8 +136,11 @@ class Decision:
     events: tuple[HoldRaised | HoldReleased | StationFault, ...] = ()
     keep_image: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
+    model: ModelInfo | None = None
 
     def __post_init__(self) -> None:
+        if self.decided_at.tzinfo is None:
+            raise ValueError(f"expected a timezone-aware decided_at, got naive {self.decided_at.isoformat()}")
         if self.judgement.verdict is Verdict.ERROR:
             if self.disposition is not Disposition.REJECT:
                 raise ValueError(f"expected disposition REJECT for an ERROR verdict, got {self.disposition}")
