@@ -1,0 +1,511 @@
+"""The station pipeline: capture, inference and storage running concurrently.
+
+Three threads joined by bounded queues::
+
+    capture ──frames──▶ decide (detector, rules, batch monitor) ──decisions──▶ commit (archive + store)
+                                                                                └──▶ sinks, after commit
+
+The station's throughput is set by its slowest stage, not by the sum of them. Every frame that enters ends
+as a record: a frame that fails anywhere becomes verdict ERROR with disposition REJECT. Sinks (reject output,
+live screen, MES) hear of a decision only after it is durably committed. Stopping (Ctrl-C, SIGTERM, end of
+source) drains both queues, so nothing captured is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import numpy as np
+from uuid6 import uuid7
+
+from qcstation.inspect.detector import Detector
+from qcstation.inspect.errors import InspectError
+from qcstation.inspect.types import Frame
+from qcstation.station.archive import ImageArchive
+from qcstation.station.errors import ReleaseError, StoreError
+from qcstation.station.holds import BatchMonitor
+from qcstation.station.recipe import LoadedRecipe
+from qcstation.station.rules import judge, judge_error
+from qcstation.station.sources import Source
+from qcstation.station.store import Store
+from qcstation.station.types import (
+    BatchStatus,
+    Decision,
+    Disposition,
+    HoldRaised,
+    HoldReleased,
+    StationFault,
+    Verdict,
+)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+StationEvent = HoldRaised | HoldReleased | StationFault
+
+
+def utcnow() -> datetime:
+    """The station's default clock."""
+    return datetime.now(UTC)
+
+
+class Sink(Protocol):
+    """Something told about every decision after it is committed (reject output, live feed, MES)."""
+
+    def on_committed(self, decision: Decision) -> None:
+        """Called from the commit thread; must not block for long."""
+
+    def on_event(self, event: StationEvent) -> None:
+        """Called for hold, release and fault events after they are committed."""
+
+
+@dataclass
+class StationStats:
+    """Live counters of a run (read by the status line and the API)."""
+
+    started: float = field(default_factory=time.monotonic)
+    entered: int = 0
+    committed: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
+    dispositions: Counter[str] = field(default_factory=Counter)
+    batch_status: BatchStatus = BatchStatus.OPEN
+    hold: HoldRaised | None = None
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
+    store_fault: str | None = None
+    source_fault: str | None = None
+
+    @property
+    def rate(self) -> float:
+        """Committed parts per second since the start."""
+        elapsed = time.monotonic() - self.started
+        return self.committed / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def yield_(self) -> float | None:
+        """PASS share of committed parts."""
+        return self.verdicts["PASS"] / self.committed if self.committed else None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished run did."""
+
+    batch_id: str
+    parts: int
+    seconds: float
+    verdicts: dict[str, int]
+    dispositions: dict[str, int]
+    batch_status: BatchStatus
+    hold: HoldRaised | None
+
+    @property
+    def rate(self) -> float:
+        return self.parts / self.seconds if self.seconds > 0 else 0.0
+
+
+_END = object()
+
+
+class Station:
+    """A station assembled from ready parts: source, detector, recipe, store, archive and sinks.
+
+    Nothing is built inside: the caller (the CLI, the API app or a test) makes each part and passes it in.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: Source,
+        detector: Detector,
+        recipe: LoadedRecipe,
+        store: Store,
+        archive: ImageArchive,
+        batch_id: str,
+        sinks: Sequence[Sink] = (),
+        clock: Clock = utcnow,
+        queue_size: int = 8,
+        max_group: int = 64,
+        release_poll_s: float = 1.0,
+    ) -> None:
+        """Assemble a station.
+
+        Args:
+            source: where frames come from (opened by :meth:`run`).
+            detector: the loaded model.
+            recipe: the product's recipe; its classes are checked against the model here.
+            store: the traceability store.
+            archive: the image archive.
+            batch_id: the batch this run inspects (opened, or resumed with its hold state).
+            sinks: told of every committed decision and event.
+            clock: UTC clock (tests pass a fake).
+            queue_size: bound of the frame and decision queues (back-pressure on the camera).
+            max_group: the most decisions committed in one transaction.
+            release_poll_s: how often the store is checked for a hold released elsewhere (CLI, API).
+        """
+        rec = recipe.recipe
+        rec.check_classes(detector.card.classes)
+        self.source = source
+        self.detector = detector
+        self.loaded = recipe
+        self.recipe = rec
+        self.recipe_hash = rec.content_hash
+        self.store = store
+        self.archive = archive
+        self.batch_id = batch_id
+        self.sinks = list(sinks)
+        self.clock = clock
+        self.max_group = max_group
+        self.release_poll_s = release_poll_s
+        self.thresholds = detector.thresholds({c: r.threshold for c, r in rec.classes.items()})
+        self.stats = StationStats()
+        self._frames: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._decisions: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._pass_seen = 0
+        self._errors: list[BaseException] = []
+        status = store.open_batch(
+            batch_id, product=rec.product, recipe_hash=self.recipe_hash, at=clock(), actor="station"
+        )
+        self.monitor = BatchMonitor(batch_id, rec.holds, status=status)
+        self.stats.batch_status = status
+
+    # -- control ----------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the run to finish: capture stops, everything already captured is decided and committed."""
+        self._stop.set()
+
+    def release(self, *, by: str, reason: str) -> HoldReleased:
+        """Release the batch's hold (quality role checked by the caller); recorded before it takes effect.
+
+        Raises:
+            ReleaseError: not on hold, or no reason.
+        """
+        with self._lock:
+            if self.monitor.status is not BatchStatus.HOLD:
+                raise ReleaseError(f"batch {self.batch_id} is {self.monitor.status}, not on hold")
+            ev = HoldReleased(self.batch_id, by.strip(), reason.strip(), self.clock())
+            self.store.record_hold_released(ev)  # refuses a blank reason; nothing changes unless recorded
+            self.monitor.release(ev.by, ev.reason, ev.at)
+            self.stats.batch_status = self.monitor.status
+            self.stats.hold = None
+        self._notify_event(ev)
+        return ev
+
+    # -- the run ----------------------------------------------------------------------------------------
+
+    def run(self, *, on_progress: Callable[[StationStats], None] | None = None) -> RunSummary:
+        """Run until the source ends or :meth:`stop` is called, then drain and return a summary."""
+        started = time.monotonic()
+        self.store.add_event(
+            "station_started",
+            at=self.clock(),
+            actor="station",
+            batch_id=self.batch_id,
+            data={
+                "model": {
+                    "name": self.detector.info.name,
+                    "version": self.detector.info.version,
+                    "sha256": self.detector.info.sha256,
+                },
+                "recipe": {
+                    "product": self.recipe.product,
+                    "hash": self.recipe_hash,
+                    "path": str(self.loaded.path),
+                },
+                "source": getattr(self.source, "name", type(self.source).__name__),
+            },
+        )
+        threads = [
+            threading.Thread(target=self._guard(self._capture_loop), name="qc-capture", daemon=True),
+            threading.Thread(target=self._guard(self._decide_loop), name="qc-decide", daemon=True),
+            threading.Thread(target=self._guard(self._commit_loop), name="qc-commit", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                threads[-1].join(timeout=0.25)
+                if on_progress is not None:
+                    on_progress(self.stats)
+        except KeyboardInterrupt:
+            self.stop()
+            for t in threads:
+                t.join()
+        self.store.add_event(
+            "station_stopped",
+            at=self.clock(),
+            actor="station",
+            batch_id=self.batch_id,
+            data={"parts": self.stats.committed, "verdicts": dict(self.stats.verdicts)},
+        )
+        if self._errors:
+            raise self._errors[0]
+        return RunSummary(
+            batch_id=self.batch_id,
+            parts=self.stats.committed,
+            seconds=time.monotonic() - started,
+            verdicts=dict(self.stats.verdicts),
+            dispositions=dict(self.stats.dispositions),
+            batch_status=self.monitor.status,
+            hold=self.monitor.hold,
+        )
+
+    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:  # a dead stage must stop the run loudly, never hang it
+                log.exception("%s stopped by an unexpected error", threading.current_thread().name)
+                self._errors.append(e)
+                self._stop.set()
+                _drain_put(self._frames, _END)
+                _drain_put(self._decisions, _END)
+
+        return run
+
+    # -- stage 1: capture ---------------------------------------------------------------------------------
+
+    def _capture_loop(self) -> None:
+        try:
+            with self.source as src:
+                while not self._stop.is_set():
+                    frame = src.read()
+                    if frame is None:
+                        break
+                    self.stats.entered += 1
+                    self._put(self._frames, frame)
+        finally:
+            self._frames.put(_END)
+
+    def on_fault(self, fault: StationFault) -> None:
+        """Hand a station fault (camera lost/recovered) to the decision stage, in order with frames."""
+        self.stats.source_fault = None if fault.recovered else fault.detail
+        self._put(self._frames, fault)
+
+    def _put(self, q: queue.Queue[object], item: object) -> None:
+        while True:
+            try:
+                q.put(item, timeout=0.25)
+                return
+            except queue.Full:
+                if self._errors:
+                    return
+
+    # -- stage 2: decide ----------------------------------------------------------------------------------
+
+    def _decide_loop(self) -> None:
+        last_poll = time.monotonic()
+        try:
+            while True:
+                try:
+                    item = self._frames.get(timeout=0.5)
+                except queue.Empty:
+                    self._emit_events(self.monitor.tick(self.clock()))
+                    item = None
+                if time.monotonic() - last_poll >= self.release_poll_s:
+                    self._sync_external_release()
+                    last_poll = time.monotonic()
+                if item is _END or self._errors:
+                    break
+                if item is None:
+                    continue
+                if isinstance(item, StationFault):
+                    self._emit_events([item, *self.monitor.fault(item)])
+                    continue
+                assert isinstance(item, Frame)
+                self._put(self._decisions, self.decide(item))
+        finally:
+            self._decisions.put(_END)
+
+    def decide(self, frame: Frame) -> Decision:
+        """Inspect, judge and place one frame in its batch. Never raises for a bad frame or a model error."""
+        t0 = time.perf_counter()
+        record_id = str(uuid7())
+        inspection = None
+        error = frame.fault
+        if frame.image is not None:
+            try:
+                inspection = self.detector.inspect(
+                    frame.image,
+                    thresholds=self.thresholds,
+                    mm_per_px=self.recipe.mm_per_px,
+                    roi=self.recipe.roi,
+                    ignore=self.recipe.ignore,
+                )
+            except InspectError as e:
+                error = f"{frame.frame_id}: {e}"
+            except Exception as e:  # never let an unexpected failure turn into a silent PASS
+                log.exception("inspection of %s failed unexpectedly", frame.frame_id)
+                error = f"{frame.frame_id}: internal error: {type(e).__name__}: {e}"
+        if inspection is None:
+            judgement = judge_error(error or f"{frame.frame_id}: not inspected")
+        else:
+            judgement = judge(inspection, self.recipe, self.thresholds)
+        now = self.clock()
+        with self._lock:
+            disposition, holds = self.monitor.observe(record_id, judgement, now)
+        if judgement.verdict is Verdict.ERROR:
+            disposition = Disposition.REJECT
+        keep = self._keep_image(judgement.verdict, disposition)
+        return Decision(
+            record_id=record_id,
+            frame=frame,
+            inspection=inspection,
+            judgement=judgement,
+            disposition=disposition,
+            batch_id=self.batch_id,
+            decided_at=now,
+            error=error if inspection is None else None,
+            events=tuple(holds),
+            keep_image=keep,
+            model=self.detector.info,
+            timings_ms={"decide_total": (time.perf_counter() - t0) * 1e3},
+        )
+
+    def _keep_image(self, verdict: Verdict, disposition: Disposition) -> bool:
+        if verdict is not Verdict.PASS or disposition is not Disposition.ACCEPT:
+            return True
+        every = self.recipe.images.keep_pass_every
+        self._pass_seen += 1
+        return every > 0 and (self._pass_seen - 1) % every == 0
+
+    def _sync_external_release(self) -> None:
+        """Pick up a hold released through another process (CLI) or the API store path."""
+        if self.monitor.status is not BatchStatus.HOLD:
+            return
+        batch = self.store.get_batch(self.batch_id)
+        if batch is None or batch.status != BatchStatus.OPEN:
+            return
+        released = [h for h in self.store.holds(batch_id=self.batch_id) if h.released_at is not None]
+        who, why = (
+            (released[-1].released_by or "?", released[-1].release_reason or "?") if released else ("?", "?")
+        )
+        with self._lock:
+            self.monitor.release(who, why, self.clock())
+            self.stats.batch_status = self.monitor.status
+            self.stats.hold = None
+        log.info("hold on %s released elsewhere by %s: %s", self.batch_id, who, why)
+
+    def _emit_events(self, events: Iterable[StationEvent]) -> None:
+        events = list(events)
+        if events:
+            self._put(self._decisions, tuple(events))
+
+    # -- stage 3: commit ----------------------------------------------------------------------------------
+
+    def _commit_loop(self) -> None:
+        done = False
+        while not done:
+            try:
+                first = self._decisions.get(timeout=0.5)
+            except queue.Empty:
+                if self._errors:
+                    return
+                continue
+            group: list[object] = [first]
+            while len(group) < self.max_group:
+                try:
+                    group.append(self._decisions.get_nowait())
+                except queue.Empty:
+                    break
+            if _END in group:
+                done = True
+                group = [g for g in group if g is not _END]
+            if group:
+                self._commit_group(group)
+
+    def _commit_group(self, group: list[object]) -> None:
+        decisions = [g for g in group if isinstance(g, Decision)]
+        loose = [ev for g in group if isinstance(g, tuple) for ev in g]
+        pending = list(loose)
+        stored = not decisions
+        backoff = 0.2
+        while True:
+            try:
+                if not stored:
+                    refs = {d.record_id: self._archive(d) for d in decisions}
+                    self.store.commit(
+                        decisions, product=self.recipe.product, recipe_hash=self.recipe_hash, image_refs=refs
+                    )
+                    stored = True
+                while pending:
+                    self._store_event(pending[0])
+                    pending.pop(0)
+                break
+            except (StoreError, OSError) as e:
+                # The store or disk is failing: keep every decision in memory and retry; the bounded queues
+                # push back on capture meanwhile. Nothing is signalled until it is committed.
+                if self.stats.store_fault is None:
+                    log.error("cannot commit %d decision(s), will retry: %s", len(decisions), e)
+                self.stats.store_fault = str(e)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self.stats.store_fault = None
+        committed_at = self.clock()
+        for d in decisions:
+            self.stats.committed += 1
+            self.stats.verdicts[d.judgement.verdict.value] += 1
+            self.stats.dispositions[d.disposition.value] += 1
+            self.stats.latencies_ms.append((committed_at - d.frame.captured_at).total_seconds() * 1e3)
+            for s in self.sinks:
+                _safe(s.on_committed, d)
+            for ev in d.events:
+                self._notify_event(ev)
+        for ev in loose:
+            self._notify_event(ev)
+
+    def _archive(self, d: Decision) -> str | None:
+        if not d.keep_image:
+            return None
+        f = d.frame
+        if f.encoded:
+            return self.archive.put(f.encoded, f.encoded_ext)
+        if f.image is not None:
+            return self.archive.put_image(np.ascontiguousarray(f.image))
+        return None
+
+    def _store_event(self, ev: StationEvent) -> None:
+        if isinstance(ev, HoldRaised):
+            self.store.record_hold_raised(ev)
+        elif isinstance(ev, HoldReleased):
+            self.store.record_hold_released(ev)
+        else:
+            self.store.add_event(
+                "station_recovered" if ev.recovered else "station_fault",
+                at=ev.at,
+                actor="station",
+                batch_id=self.batch_id,
+                reason=ev.detail,
+                data={"kind": ev.kind},
+            )
+
+    def _notify_event(self, ev: StationEvent) -> None:
+        if isinstance(ev, HoldRaised):
+            self.stats.batch_status = BatchStatus.HOLD
+            self.stats.hold = ev
+        for s in self.sinks:
+            _safe(s.on_event, ev)
+
+
+def _safe(fn: Callable[..., None], arg: object) -> None:
+    """Best-effort sinks may fail; the traceability record is already committed."""
+    try:
+        fn(arg)
+    except Exception:
+        log.exception("sink %r failed", fn)
+
+
+def _drain_put(q: queue.Queue[object], item: object) -> None:
+    with contextlib.suppress(queue.Full):
+        q.put_nowait(item)

@@ -1,0 +1,45 @@
+"""Station settings: one object, made by the CLI or the app factory (never at import time).
+
+Every field can come from the environment with the ``QCSTATION_`` prefix (``QCSTATION_DATA_DIR=/var/qc``)
+or from command-line options, which win.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where the station keeps its data and who it is in the plant."""
+
+    model_config = SettingsConfigDict(env_prefix="QCSTATION_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("qcstation-data"), description="store, images and logs")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in data_dir")
+    station_id: str = Field(default_factory=lambda: socket.gethostname() or "station", min_length=1)
+    site: str = "site"
+    line: str = "line"
+    intra_op_threads: int | None = Field(default=None, ge=1, description="onnxruntime threads per operator")
+    queue_size: int = Field(default=8, ge=1, le=1024)
+
+    @field_validator("station_id", "site", "line")
+    @classmethod
+    def _topic_safe(cls, v: str) -> str:
+        bad = set(v) & set("/#+ \t\n")
+        if bad:
+            raise ValueError(f"must not contain {sorted(bad)} (it becomes part of MQTT topics)")
+        return v
+
+    @property
+    def store_url(self) -> str:
+        """The database URL, defaulting to the embedded SQLite file."""
+        return self.database_url or str(self.data_dir / "qcstation.db")
+
+    @property
+    def images_dir(self) -> Path:
+        """Where archived images live."""
+        return self.data_dir / "images"
