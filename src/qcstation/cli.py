@@ -1,0 +1,376 @@
+"""The ``qcstation`` command: run the station, query and verify its records, release holds, make samples.
+
+Every command turns the project's own errors into one red line and exit code 2; ``verify`` exits 1 when the
+chain is broken. Heavy imports happen inside the commands, so ``qcstation --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qcstation.inspect.errors import InspectError
+from qcstation.station.errors import StationError
+
+if TYPE_CHECKING:
+    from qcstation.station.pipeline import StationStats
+    from qcstation.station.settings import Settings
+    from qcstation.station.store import Store
+
+app = typer.Typer(
+    help="qcstation: line-side visual quality inspection.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+batch_app = typer.Typer(help="Batches: summary and close.", no_args_is_help=True)
+app.add_typer(batch_app, name="batch")
+out = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", "-d", help="data directory [env QCSTATION_DATA_DIR]")
+]
+StationId = Annotated[str | None, typer.Option("--station", help="station id [env QCSTATION_STATION_ID]")]
+
+
+def _settings(data_dir: Path | None = None, station: str | None = None, **extra: Any) -> Settings:
+    from pydantic import ValidationError
+
+    from qcstation.station.errors import ConfigError
+    from qcstation.station.settings import Settings
+
+    kw: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
+    if data_dir is not None:
+        kw["data_dir"] = data_dir
+    if station is not None:
+        kw["station_id"] = station
+    try:
+        return Settings(**kw)
+    except ValidationError as e:
+        raise ConfigError(f"invalid settings:\n{e}") from e
+
+
+def _open_store(settings: Settings, *, must_exist: bool = True) -> Store:
+    from qcstation.station.errors import ConfigError
+    from qcstation.station.store import Store
+
+    if must_exist and settings.database_url is None and not Path(settings.store_url).exists():
+        raise ConfigError(f"no store at {settings.store_url}; run `qcstation run` first or pass --data-dir")
+    return Store.open(settings.store_url, settings.station_id)
+
+
+def main() -> None:
+    """Entry point of the ``qcstation`` script."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except (StationError, InspectError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+
+
+# -- run ----------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    source: Annotated[str, typer.Option("--source", "-s", help="image folder, video or camera index")] = (
+        "sample_images"
+    ),
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="recipe YAML")] = Path("recipes/demo.yaml"),
+    data_dir: DataDir = None,
+    station: StationId = None,
+    batch: Annotated[str | None, typer.Option("--batch", "-b", help="batch id (default: new)")] = None,
+    rate: Annotated[float | None, typer.Option("--rate", help="replay rate in frames/s (folder)")] = None,
+    loop: Annotated[bool, typer.Option("--loop", help="replay the folder forever")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live status line")] = False,
+) -> None:
+    """Run the station: inspect every frame from SOURCE and record every decision."""
+    from qcstation.inspect.detector import Detector
+    from qcstation.station.archive import ImageArchive
+    from qcstation.station.pipeline import Station
+    from qcstation.station.recipe import load_recipe
+    from qcstation.station.sources import FolderSourceConfig, Reconnecting, source_from_uri
+
+    settings = _settings(data_dir, station, intra_op_threads=threads)
+    loaded = load_recipe(recipe)
+    detector = Detector.from_path(loaded.model_path, intra_op_threads=settings.intra_op_threads)
+    loaded.recipe.check_classes(detector.card.classes)
+    config = source_from_uri(source)
+    if isinstance(config, FolderSourceConfig):
+        config = config.model_copy(update={"rate_hz": rate, "loop": loop})
+    store = _open_store(settings, must_exist=False)
+    archive = ImageArchive(settings.images_dir)
+    batch_id = batch or f"{loaded.recipe.product}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    holder: dict[str, Station] = {}
+
+    def on_fault(fault: Any) -> None:
+        if "station" in holder:
+            holder["station"].on_fault(fault)
+
+    src = (
+        Reconnecting(config.build, on_fault=on_fault)
+        if not isinstance(config, FolderSourceConfig)
+        else (config.build())
+    )
+    st = Station(
+        source=src,
+        detector=detector,
+        recipe=loaded,
+        store=store,
+        archive=archive,
+        batch_id=batch_id,
+        queue_size=settings.queue_size,
+    )
+    holder["station"] = st
+
+    def handle(signum: int, _frame: object) -> None:
+        err.print(f"\n[yellow]{signal.Signals(signum).name}: draining and stopping (again to abort)…[/]")
+        st.stop()
+        signal.signal(signum, signal.SIG_DFL)
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    err.print(
+        f"station [bold]{settings.station_id}[/] · batch [bold]{batch_id}[/] · model {detector.info.name} "
+        f"{detector.info.version} · recipe {loaded.recipe.product} ({st.recipe_hash[:12]}) · source {source}",
+        highlight=False,
+    )
+    progress = _StatusLine(enabled=not quiet)
+    try:
+        summary = st.run(on_progress=progress.update)
+    finally:
+        progress.finish(st.stats)
+        store.close()
+    table = Table(
+        title=f"batch {summary.batch_id}: {summary.parts} parts in {summary.seconds:.1f} s "
+        f"({summary.rate:.1f}/s)"
+    )
+    for col in ("PASS", "FAIL", "REVIEW", "ERROR", "yield", "batch"):
+        table.add_column(col, justify="right")
+    n = max(summary.parts, 1)
+    table.add_row(
+        *(str(summary.verdicts.get(v, 0)) for v in ("PASS", "FAIL", "REVIEW", "ERROR")),
+        f"{summary.verdicts.get('PASS', 0) / n:.1%}",
+        summary.batch_status.value,
+    )
+    out.print(table)
+    if summary.hold is not None:
+        h = summary.hold
+        out.print(
+            f"[bold white on red] HOLD [/] rule {h.rule}: {h.detail} — evidence {len(h.evidence)} part(s), "
+            f"{len(h.suspects)} suspect(s). Release: qcstation release {summary.batch_id} "
+            f"--by NAME --reason TEXT",
+            highlight=False,
+        )
+    out.print(f"records in {settings.store_url}; verify with: qcstation verify", highlight=False)
+
+
+class _StatusLine:
+    """A live one-line status on a terminal; a log line every few seconds otherwise."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = err.is_terminal
+        self.last = 0.0
+
+    @staticmethod
+    def text(s: StationStats) -> str:
+        v = s.verdicts
+        y = s.yield_
+        state = s.batch_status.value + (f" ({s.hold.rule})" if s.hold else "")
+        fault = f" · FAULT {s.store_fault or s.source_fault}" if (s.store_fault or s.source_fault) else ""
+        return (
+            f"parts {s.committed} · {s.rate:5.1f}/s · PASS {v['PASS']} FAIL {v['FAIL']} "
+            f"REVIEW {v['REVIEW']} ERROR {v['ERROR']} · yield {'-' if y is None else f'{y:.1%}'} · "
+            f"batch {state}{fault}"
+        )
+
+    def update(self, s: StationStats) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            err.print("\r" + self.text(s), end="", highlight=False, soft_wrap=True)
+        elif time.monotonic() - self.last > 2.0:
+            self.last = time.monotonic()
+            err.print(self.text(s), highlight=False)
+
+    def finish(self, s: StationStats) -> None:
+        if self.enabled:
+            err.print(("\r" if self.tty else "") + self.text(s), highlight=False)
+
+
+# -- records ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def verify(data_dir: DataDir = None, station: StationId = None) -> None:
+    """Walk the tamper-evidence hash chain; exit 1 and name the first broken row."""
+    settings = _settings(data_dir, station)
+    with _open_store(settings) as store:
+        report = store.verify()
+    if report.ok:
+        out.print(f"[green]chain intact[/]: {report.checked} rows verified in {settings.store_url}")
+        return
+    out.print(f"[bold red]chain BROKEN[/]: {report.describe()}", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+def inspections(
+    data_dir: DataDir = None,
+    station: StationId = None,
+    batch: Annotated[str | None, typer.Option("--batch", "-b")] = None,
+    serial: Annotated[str | None, typer.Option("--serial")] = None,
+    verdict: Annotated[str | None, typer.Option("--verdict", help="PASS, FAIL, REVIEW or ERROR")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
+) -> None:
+    """List inspection records (oldest first)."""
+    from qcstation.station.errors import ConfigError
+
+    if verdict is not None and verdict.upper() not in ("PASS", "FAIL", "REVIEW", "ERROR"):
+        raise ConfigError(f"--verdict: expected PASS, FAIL, REVIEW or ERROR, got {verdict!r}")
+    settings = _settings(data_dir, station)
+    with _open_store(settings) as store:
+        rows = store.inspections(
+            batch_id=batch, serial=serial, verdict=verdict.upper() if verdict else None, limit=limit
+        )
+    if as_json:
+        for r in rows:
+            sys.stdout.write(json.dumps(r.to_dict(), default=str) + "\n")
+        return
+    table = Table()
+    for col in ("decided_at", "batch", "serial", "frame", "verdict", "disposition", "score", "reasons"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.decided_at,
+            r.batch_id,
+            r.serial or "",
+            r.frame_id,
+            r.verdict,
+            r.disposition,
+            "" if r.image_score is None else f"{r.image_score:.2f}",
+            "; ".join(r.reasons)[:80],
+        )
+    out.print(table)
+
+
+@app.command()
+def holds(
+    data_dir: DataDir = None,
+    station: StationId = None,
+    batch: Annotated[str | None, typer.Option("--batch", "-b")] = None,
+    open_only: Annotated[bool, typer.Option("--open", help="only holds not yet released")] = False,
+) -> None:
+    """List batch holds with their rule, evidence and release."""
+    settings = _settings(data_dir, station)
+    with _open_store(settings) as store:
+        rows = store.holds(batch_id=batch, open_only=open_only)
+    table = Table()
+    for col in ("raised_at", "batch", "rule", "detail", "evidence", "suspects", "released"):
+        table.add_column(col)
+    for h in rows:
+        released = (
+            f"{h.released_at} by {h.released_by}: {h.release_reason}" if h.released_at else "[red]HELD[/]"
+        )
+        table.add_row(
+            h.raised_at, h.batch_id, h.rule, h.detail, str(len(h.evidence)), str(len(h.suspects)), released
+        )
+    out.print(table)
+
+
+@app.command()
+def release(
+    batch_id: Annotated[str, typer.Argument(help="the held batch")],
+    by: Annotated[str, typer.Option("--by", help="who releases (quality engineer)")],
+    reason: Annotated[str, typer.Option("--reason", help="why the batch may go on")],
+    data_dir: DataDir = None,
+    station: StationId = None,
+) -> None:
+    """Release a batch hold, with a reason (recorded in the audit chain)."""
+    from qcstation.station.errors import ReleaseError
+    from qcstation.station.types import BatchStatus, HoldReleased
+
+    if not reason.strip():
+        raise ReleaseError("a release needs a reason (--reason)")
+    if not by.strip():
+        raise ReleaseError("a release needs the name of who releases (--by)")
+    settings = _settings(data_dir, station)
+    with _open_store(settings) as store:
+        b = store.get_batch(batch_id)
+        if b is None:
+            raise ReleaseError(f"no batch {batch_id!r} in {settings.store_url}")
+        if b.status != BatchStatus.HOLD:
+            raise ReleaseError(f"batch {batch_id} is {b.status}, not on hold")
+        store.record_hold_released(HoldReleased(batch_id, by.strip(), reason.strip(), datetime.now(UTC)))
+    out.print(f"released hold on {batch_id} (by {by}: {reason})", highlight=False)
+
+
+@batch_app.command("summary")
+def batch_summary(batch_id: str, data_dir: DataDir = None, station: StationId = None) -> None:
+    """Counts, yield, defect Pareto and hold state of a batch."""
+    settings = _settings(data_dir, station)
+    with _open_store(settings) as store:
+        out.print_json(json.dumps(store.batch_summary(batch_id), default=str))
+
+
+@batch_app.command("close")
+def batch_close(
+    batch_id: str,
+    by: Annotated[str, typer.Option("--by")] = "operator",
+    data_dir: DataDir = None,
+    station: StationId = None,
+) -> None:
+    """Close a batch (refused while it is on hold)."""
+    settings = _settings(data_dir, station)
+    with _open_store(settings) as store:
+        store.close_batch(batch_id, at=datetime.now(UTC), actor=by)
+    out.print(f"closed {batch_id}")
+
+
+# -- models and samples --------------------------------------------------------------------------------
+
+
+@app.command("model-info")
+def model_info(path: Path) -> None:
+    """Load a model, check its card against its graph, and print the card."""
+    from qcstation.inspect.detector import Detector
+
+    det = Detector.from_path(path)
+    out.print_json(det.card.to_json())
+    out.print(f"sha256 {det.info.sha256}")
+
+
+@app.command()
+def samples(
+    out_dir: Annotated[Path, typer.Option("--out", help="folder to write")] = Path("sample_images"),
+    seed: Annotated[int, typer.Option("--seed")] = 20261122,
+    count: Annotated[int | None, typer.Option("--count", help="random set of N, not the demo")] = None,
+    defect_rate: Annotated[float, typer.Option("--defect-rate", min=0.0, max=1.0)] = 0.5,
+) -> None:
+    """Generate synthetic part images with defect masks (the committed demo set by default)."""
+    from qcstation import synth
+
+    if count is None:
+        rows = synth.generate_demo(out_dir, seed=seed)
+    else:
+        rows = synth.generate_dataset(out_dir, count=count, seed=seed, defect_rate=defect_rate)
+    out.print(f"wrote {len(rows)} images to {out_dir}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
