@@ -170,3 +170,69 @@ def test_verify_without_a_store_says_so(tmp_path: Path) -> None:
     res = qc("verify", "--data-dir", "empty", cwd=tmp_path)
     assert res.returncode == 2
     assert "no store" in res.stderr
+
+
+def test_sigterm_drains_and_stops_cleanly(project: Path) -> None:
+    import signal
+    import time
+
+    # given the station replaying the folder forever
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qcstation.cli",
+            "run",
+            "--source",
+            "frames",
+            "--recipe",
+            "recipe.yaml",
+            "--data-dir",
+            "data",
+            "--loop",
+            "--quiet",
+        ],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )
+    db = project / "data" / "qcstation.db"
+    deadline = time.monotonic() + 60
+    count = 0
+    while time.monotonic() < deadline and count < 50:
+        time.sleep(0.2)
+        if db.exists():
+            with sqlite3.connect(db) as c:
+                try:
+                    count = c.execute("select count(*) from inspections").fetchone()[0]
+                except sqlite3.OperationalError:
+                    count = 0
+    assert count >= 50, "the station did not get going"
+    # when it gets SIGTERM
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    # then it exits 0 after recording everything it captured, and says how many
+    assert proc.returncode == 0, err
+    assert "SIGTERM" in err
+    with sqlite3.connect(db) as c:
+        stored = c.execute("select count(*) from inspections").fetchone()[0]
+        (data,) = c.execute("select data from events where kind = 'station_stopped'").fetchone()
+    assert json.loads(data)["parts"] == stored
+    assert f"{stored} parts" in out
+    assert qc("verify", "--data-dir", "data", cwd=project).returncode == 0
+
+
+def test_prune_keeps_rejects(project: Path) -> None:
+    assert run_station(project).returncode == 0
+    images = project / "data" / "images"
+    before = sum(1 for p in images.rglob("*") if p.is_file())
+    assert before >= 3  # the FAIL and ERROR images at least
+    res = qc("prune", "--days", "0", "--data-dir", "data", cwd=project)
+    assert res.returncode == 0, res.stderr
+    after = sum(1 for p in images.rglob("*") if p.is_file())
+    assert after >= 3
+    assert after <= before
+    res = qc("prune", "--days", "0", "--include-rejects", "--data-dir", "data", cwd=project)
+    assert sum(1 for p in images.rglob("*") if p.is_file()) == 0

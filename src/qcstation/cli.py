@@ -342,6 +342,42 @@ def batch_close(
     out.print(f"closed {batch_id}")
 
 
+@app.command()
+def prune(
+    days: Annotated[float, typer.Option("--days", min=0.0, help="keep images younger than this")] = 90.0,
+    include_rejects: Annotated[
+        bool,
+        typer.Option("--include-rejects", help="also remove FAIL/REVIEW/ERROR/HOLD images past retention"),
+    ] = False,
+    data_dir: DataDir = None,
+    station: StationId = None,
+) -> None:
+    """Remove archived images past retention (PASS images only, unless --include-rejects)."""
+    from qcstation.station.archive import ImageArchive
+
+    settings = _settings(data_dir, station)
+    archive = ImageArchive(settings.images_dir)
+    with _open_store(settings) as store:
+        result = archive.prune(
+            store.image_records(),
+            now=datetime.now(UTC),
+            retention_days=days,
+            keep=() if include_rejects else _default_keep(),
+        )
+    usage = archive.usage()
+    out.print(
+        f"removed {result.removed} image(s), freed {result.freed_bytes / 1e6:.1f} MB; "
+        f"archive now {usage.files} file(s), {usage.bytes / 1e6:.1f} MB; disk free "
+        f"{usage.disk_free / 1e9:.1f} GB"
+    )
+
+
+def _default_keep() -> frozenset[str]:
+    from qcstation.station.archive import DEFAULT_KEEP
+
+    return DEFAULT_KEEP
+
+
 # -- models and samples --------------------------------------------------------------------------------
 
 

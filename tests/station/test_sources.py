@@ -252,7 +252,9 @@ def test_folder_bad_image_becomes_a_fault_frame(tmp_path: Path, name: str, conte
     # then the bad file is a frame with a fault (never an exception) and the serial is kept
     assert len(frames) == 2 and frames[0].ok
     bad = frames[1]
-    assert not bad.ok and bad.image is None and bad.encoded is None
+    assert not bad.ok and bad.image is None
+    # the bytes that could not be decoded are kept as evidence for the ERROR record (none for an empty file)
+    assert bad.encoded == ((tmp_path / name).read_bytes() or None)
     assert bad.fault == fault
     assert bad.serial == Path(name).stem and bad.frame_id == name
 

@@ -175,7 +175,16 @@ def _frame_from_bytes(
 ) -> Frame:
     image, fault = decode_image(data, label)
     if image is None:
-        return Frame(frame_id=frame_id, captured_at=captured_at, fault=fault, serial=serial, source=source)
+        # the undecodable bytes travel with the fault, so the ERROR record's evidence is archived as it came
+        return Frame(
+            frame_id=frame_id,
+            captured_at=captured_at,
+            fault=fault,
+            serial=serial,
+            source=source,
+            encoded=data or None,
+            encoded_ext=ext,
+        )
     return Frame(
         frame_id=frame_id,
         captured_at=captured_at,
