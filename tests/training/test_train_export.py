@@ -17,6 +17,7 @@ from qcstation.inspect.detector import Detector
 from qcstation.training.data import SegmentationDataset, Subset, split_by_group, train_transform
 from qcstation.training.engine import TrainConfig, fit, load_checkpoint, model_from_checkpoint
 from qcstation.training.errors import CheckpointError, ExportError
+from qcstation.training.evaluate import evaluate_folder
 from qcstation.training.export import export_onnx, read_card
 from qcstation.training.nets import build_model
 from qcstation.training.train import train_dataset
@@ -158,3 +159,9 @@ def test_train_dataset_writes_a_calibrated_card(make_dataset: DatasetFactory, tm
     assert prov["split"]["val"] == 4 and prov["split"]["train"] == 12
     assert set(prov["metrics"]["pixel_iou"]) == {"good", "dark", "line"}
     assert 0.0 <= prov["metrics"]["image_accuracy"] <= 1.0
+    # and the station-side check runs over the labelled folder
+    ev = evaluate_folder(result.model_path, root)
+    assert ev.images == 16 and len(ev.rows) == 16
+    assert 0.0 <= ev.accuracy <= 1.0
+    assert set(ev.class_hits) == {"dark", "line"}
+    assert ev.class_hits["dark"][1] == 5 and ev.class_hits["line"][1] == 5

@@ -104,6 +104,8 @@ def train_dataset(
     batch_size: int = 8,
     lr: float = 3e-3,
     crop: int | None = None,
+    defect_crop_p: float = 0.5,
+    max_class_weight: float = 4.0,
     val_fraction: float = 0.2,
     target_false_reject: float = 0.01,
     patience: int | None = 6,
@@ -128,7 +130,10 @@ def train_dataset(
         arch_kwargs: architecture options (default for unet_small: ``{"width": width}``).
         batch_size: samples per step.
         lr: peak learning rate.
-        crop: train on random ``crop`` x ``crop`` crops, mostly around defects (None: size // 2).
+        crop: train on random ``crop`` x ``crop`` crops (None: size // 2; ``size``: whole images).
+        defect_crop_p: share of crops placed on defect pixels (when the image has any).
+        max_class_weight: upper clip of the cross-entropy class weights (higher: more recall, more false
+            rejects).
         val_fraction: share of groups (parts) held out for validation and calibration.
         target_false_reject: calibration target per class on good validation images.
         patience: early-stopping patience in epochs (None: off).
@@ -156,7 +161,7 @@ def train_dataset(
     classes = ds.classes
     train_idx, val_idx = split_by_group(ds.samples, val_fraction, seed)
     counts = ds.class_pixel_counts(train_idx)
-    weights = class_weights_from_counts(counts)
+    weights = class_weights_from_counts(counts, max_weight=max_class_weight)
     kwargs = (
         dict(arch_kwargs) if arch_kwargs is not None else ({"width": width} if arch == "unet_small" else {})
     )
@@ -189,7 +194,9 @@ def train_dataset(
         count_parameters(model),
     )
     crop_side = crop if crop is not None else size // 2
-    train_set = Subset(ds, train_idx, train_transform(crop_side if crop_side < size else None))
+    train_set = Subset(
+        ds, train_idx, train_transform(crop_side if crop_side < size else None, defect_crop_p=defect_crop_p)
+    )
     val_set = Subset(ds, val_idx)
     result = fit(model, train_set, val_set, config, work / "checkpoints", resume=resume)
 
@@ -243,6 +250,8 @@ def train_dataset(
                 "batch_size": batch_size,
                 "lr": lr,
                 "crop": crop_side,
+                "defect_crop_p": defect_crop_p,
+                "class_weights": weights,
                 "seconds": round(result.seconds, 1),
             },
             "metrics": metrics,
