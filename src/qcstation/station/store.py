@@ -654,6 +654,11 @@ class Store:
         """Where the store lives (password hidden)."""
         return self._display
 
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, for modules that keep their own tables in the same database (API tokens)."""
+        return self._engine
+
     def close(self) -> None:
         """Release the connections."""
         self._engine.dispose()
@@ -1338,6 +1343,17 @@ class Store:
                 "open": [h.to_dict() for h in all_holds if h.is_open],
             },
         }
+
+    def count_outbox_pending(self) -> int:
+        """How many outbox items of this station wait for delivery (the backlog shown by status/metrics)."""
+        o = db.outbox
+        q = (
+            sa.select(sa.func.count())
+            .select_from(o)
+            .where(o.c.station == self._station, o.c.delivered_at.is_(None))
+        )
+        with self._read() as conn:
+            return int(conn.scalar(q) or 0)
 
     def outbox_pending(self, *, limit: int = 100, topic: str | None = None) -> list[OutboxItem]:
         """Undelivered outbox items of this station, in commit order (deliver them in this order)."""
