@@ -1,0 +1,404 @@
+"""Request and response bodies of the REST API (pydantic, separate for requests and responses).
+
+Result fields are named after the OPC UA Machine Vision result (OPC 40100 ``ResultDataType``) in snake_case
+where one fits: ``result_id`` (ResultId), ``part_id`` (PartId), ``product_id`` (ProductId), ``recipe_id``
+(InternalRecipeId: the recipe's content hash), ``job_id`` (JobId: the batch), ``measurement_id`` (MeasId: the
+frame), ``creation_time`` (CreationTime), ``processing_times`` (ProcessingTimes), ``result_state``
+(ResultState: the verdict). docs/API.md has the whole table.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from qcstation.station.store import BatchRow, EventRecord, HoldRecord, InspectionRecord, parse_utc
+
+BATCH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+SERIAL_PATTERN = r"^[^\x00-\x1f\x7f/\\]{1,200}$"
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+Verdict = Literal["PASS", "REVIEW", "FAIL", "ERROR"]
+Disposition = Literal["ACCEPT", "REJECT", "HOLD"]
+BatchState = Literal["OPEN", "HOLD", "CLOSED"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+# -- errors ---------------------------------------------------------------------------------------------
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx body."""
+
+    error: str = Field(description="machine-readable code: not_found, validation, unauthorized, ...")
+    detail: str = Field(description="a sentence saying what is wrong")
+    errors: list[dict[str, Any]] | None = Field(default=None, description="per-field problems (422)")
+
+
+# -- inspections ------------------------------------------------------------------------------------------
+
+
+class RegionOut(_Out):
+    """One defect region, in frame pixels."""
+
+    class_id: int
+    class_name: str
+    score: float
+    bbox: list[int] = Field(description="x, y, width, height")
+    area_px: float
+    area_mm2: float | None
+    centroid: list[float]
+
+
+class ModelOut(_Out):
+    """The model that made the result."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+class ProcessingTimesOut(_Out):
+    """OPC 40100 ProcessingTimes: capture (start) to decision (end), and each stage in ms."""
+
+    start_time: str = Field(description="captured_at, UTC")
+    end_time: str = Field(description="decided_at, UTC")
+    processing_duration_ms: float
+    stages_ms: dict[str, float | None]
+
+
+class InspectionOut(_Out):
+    """One inspection result with its part and lot identity."""
+
+    result_id: str = Field(description="OPC 40100 ResultId: time-ordered UUIDv7, idempotency key")
+    part_id: str | None = Field(description="OPC 40100 PartId: the serial number, when known")
+    product_id: str = Field(description="OPC 40100 ProductId")
+    recipe_id: str = Field(description="OPC 40100 InternalRecipeId: sha256 of the recipe content")
+    job_id: str = Field(description="OPC 40100 JobId: the batch (lot)")
+    measurement_id: str = Field(description="OPC 40100 MeasId: the frame id at the source")
+    creation_time: str = Field(description="OPC 40100 CreationTime: when the result was decided (UTC)")
+    processing_times: ProcessingTimesOut
+    result_state: Verdict = Field(description="OPC 40100 ResultState: PASS, REVIEW, FAIL or ERROR")
+    disposition: Disposition
+    station_id: str
+    source: str
+    model: ModelOut
+    reasons: list[str]
+    regions: list[RegionOut]
+    class_scores: dict[str, float | None]
+    image_score: float | None
+    image_available: bool = Field(description="OPC 40100 HasTransferableDataOnFile: the image was kept")
+    error: str | None
+    seq: int = Field(description="position in the station's hash chain")
+    hash: str
+
+    @classmethod
+    def of(cls, r: InspectionRecord) -> InspectionOut:
+        """From a stored record."""
+        try:
+            duration = (parse_utc(r.decided_at) - parse_utc(r.captured_at)).total_seconds() * 1e3
+        except ValueError:
+            duration = 0.0
+        return cls(
+            result_id=r.id,
+            part_id=r.serial,
+            product_id=r.product,
+            recipe_id=r.recipe_hash,
+            job_id=r.batch_id,
+            measurement_id=r.frame_id,
+            creation_time=r.decided_at,
+            processing_times=ProcessingTimesOut(
+                start_time=r.captured_at,
+                end_time=r.decided_at,
+                processing_duration_ms=round(duration, 3),
+                stages_ms=dict(r.timings),
+            ),
+            result_state=r.verdict.value,
+            disposition=r.disposition.value,
+            station_id=r.station,
+            source=r.source,
+            model=ModelOut(name=r.model_name, version=r.model_version, sha256=r.model_sha256),
+            reasons=list(r.reasons),
+            regions=[RegionOut.model_validate(g.to_dict()) for g in r.regions],
+            class_scores=dict(r.class_scores),
+            image_score=r.image_score,
+            image_available=r.image_ref is not None,
+            error=r.error,
+            seq=r.seq,
+            hash=r.hash,
+        )
+
+
+class InspectionPage(_Out):
+    """A page of results, oldest first."""
+
+    items: list[InspectionOut]
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next page; present whenever items are, so a client can poll "
+        "for new results from where it stopped"
+    )
+    has_more: bool = Field(description="the page is full: more results are already there")
+
+
+# -- events -----------------------------------------------------------------------------------------------
+
+
+class EventOut(_Out):
+    """One audit event: who did what, when and why."""
+
+    event_id: str
+    kind: str
+    job_id: str | None = Field(description="the batch, when the event concerns one")
+    at: str
+    actor: str
+    reason: str | None
+    data: dict[str, Any]
+    station_id: str
+    seq: int
+    hash: str
+
+    @classmethod
+    def of(cls, e: EventRecord) -> EventOut:
+        """From a stored event."""
+        return cls(
+            event_id=e.id,
+            kind=e.kind,
+            job_id=e.batch_id,
+            at=e.at,
+            actor=e.actor,
+            reason=e.reason,
+            data=dict(e.data),
+            station_id=e.station,
+            seq=e.seq,
+            hash=e.hash,
+        )
+
+
+class EventPage(_Out):
+    """A page of audit events, oldest first."""
+
+    items: list[EventOut]
+    next_cursor: str | None
+    has_more: bool
+
+
+# -- batches and holds ------------------------------------------------------------------------------------
+
+
+class BatchStartIn(_In):
+    """Start a batch (lot) at this station; the recipe is the station's."""
+
+    batch_id: str = Field(pattern=BATCH_ID_PATTERN, description="the MES lot/job id")
+    product_id: str | None = Field(
+        default=None, max_length=200, description="must match the station's recipe product when given"
+    )
+    planned_quantity: int | None = Field(default=None, ge=1, le=100_000_000)
+
+
+class HoldIn(_In):
+    """Raise a hold by hand."""
+
+    reason: str = Field(min_length=1, max_length=2000, description="why the batch is held (required)")
+
+
+class ReleaseIn(_In):
+    """Release a hold (quality role)."""
+
+    reason: str = Field(min_length=1, max_length=2000, description="why the batch may go on (required)")
+
+
+class CloseIn(_In):
+    """Close a batch."""
+
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class HoldOut(_Out):
+    """A hold with its rule, evidence and release."""
+
+    hold_id: str
+    job_id: str
+    rule: str
+    detail: str
+    evidence: list[str] = Field(description="result ids that made the rule fire")
+    suspects: list[str] = Field(description="result ids of the parts before the hold, to re-check")
+    raised_at: str
+    raised_by: str
+    released_at: str | None
+    released_by: str | None
+    release_reason: str | None
+
+    @classmethod
+    def of(cls, h: HoldRecord) -> HoldOut:
+        """From a stored hold."""
+        return cls(
+            hold_id=h.hold_id,
+            job_id=h.batch_id,
+            rule=h.rule,
+            detail=h.detail,
+            evidence=list(h.evidence),
+            suspects=list(h.suspects),
+            raised_at=h.raised_at,
+            raised_by=h.raised_by,
+            released_at=h.released_at,
+            released_by=h.released_by,
+            release_reason=h.release_reason,
+        )
+
+
+class BatchOut(_Out):
+    """A batch and its state."""
+
+    job_id: str
+    product_id: str
+    recipe_id: str
+    state: BatchState
+    planned_quantity: int | None
+    opened_at: str
+    opened_by: str
+    closed_at: str | None
+    active: bool = Field(description="the station is inspecting this batch now")
+
+    @classmethod
+    def of(cls, b: BatchRow, *, active: bool) -> BatchOut:
+        """From a stored batch."""
+        return cls(
+            job_id=b.batch_id,
+            product_id=b.product,
+            recipe_id=b.recipe_hash,
+            state=b.status.value,
+            planned_quantity=b.planned_qty,
+            opened_at=b.opened_at,
+            opened_by=b.opened_by,
+            closed_at=b.closed_at,
+            active=active,
+        )
+
+
+class ParetoOut(_Out):
+    """One defect class in the batch's Pareto."""
+
+    class_name: str
+    parts: int
+    regions: int
+    share: float | None
+    cumulative_share: float | None
+
+
+class HoldStateOut(_Out):
+    """Whether the batch is held, and its open holds."""
+
+    on_hold: bool
+    holds_total: int
+    open: list[HoldOut]
+
+
+class BatchSummaryOut(_Out):
+    """Counts, yield, defect Pareto and hold state of a batch."""
+
+    batch: BatchOut
+    total: int
+    verdicts: dict[str, int]
+    dispositions: dict[str, int]
+    yield_: float | None = Field(alias="yield", description="PASS share; null for an empty batch")
+    pareto: list[ParetoOut]
+    hold: HoldStateOut
+    holds: list[HoldOut] = Field(description="every hold of the batch, oldest first")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# -- station ----------------------------------------------------------------------------------------------
+
+
+class TriggerIn(_In):
+    """Capture one frame now for a part."""
+
+    serial: str | None = Field(default=None, pattern=SERIAL_PATTERN)
+
+
+class TriggerOut(_Out):
+    """A queued capture request."""
+
+    queued: bool
+    pending: int = Field(description="requests waiting for the camera, this one included")
+    part_id: str | None
+
+
+class LatencyOut(_Out):
+    """Capture-to-commit latency over the recent window, in ms."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    samples: int
+
+
+class StatusOut(_Out):
+    """The station at a glance."""
+
+    station_id: str
+    running: bool
+    source: str | None
+    source_state: Literal["running", "faulted", "stopped", "none"]
+    source_fault: str | None
+    store_fault: str | None
+    rate_per_s: float
+    parts: int
+    verdicts: dict[str, int]
+    latency_ms: LatencyOut
+    model: ModelOut | None
+    product_id: str | None
+    recipe_id: str | None
+    job_id: str | None
+    batch_state: BatchState | None
+    hold: HoldOut | None
+    outbox_backlog: int
+
+
+class HealthOut(_Out):
+    """Liveness or readiness."""
+
+    status: Literal["ok", "not_ready"]
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+class TokenOut(_Out):
+    """An API token, without its secret."""
+
+    name: str
+    role: str
+    created_at: str
+    created_by: str
+    revoked_at: str | None
+
+
+class WhoAmIOut(_Out):
+    """Who the request is authenticated as."""
+
+    name: str
+    role: str
+    anonymous: bool
+
+
+class ReleaseOut(_Out):
+    """The batch after a release, and the holds it released."""
+
+    job_id: str
+    state: BatchState
+    released: list[HoldOut]
+
+
+class SerialHistoryOut(_Out):
+    """Every result of one part, at every station in this database, oldest first."""
+
+    part_id: str
+    items: list[InspectionOut]
