@@ -408,5 +408,168 @@ def samples(
     out.print(f"wrote {len(rows)} images to {out_dir}")
 
 
+# -- serve and tokens (the REST API) -------------------------------------------------------------------------
+
+token_app = typer.Typer(help="API tokens: issue, revoke, list.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+def _cli_actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+@app.command()
+def serve(
+    source: Annotated[str, typer.Option("--source", "-s", help="image folder, video or camera index")] = (
+        "sample_images"
+    ),
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="recipe YAML")] = Path("recipes/demo.yaml"),
+    data_dir: DataDir = None,
+    station: StationId = None,
+    batch: Annotated[str | None, typer.Option("--batch", "-b", help="batch id (default: new)")] = None,
+    host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    rate: Annotated[float | None, typer.Option("--rate", help="replay rate in frames/s (folder)")] = None,
+    loop: Annotated[bool, typer.Option("--loop", help="replay the folder forever")] = False,
+    trigger: Annotated[
+        bool, typer.Option("--trigger", help="capture only on POST /api/v1/trigger (one frame per request)")
+    ] = False,
+    threads: Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads")] = None,
+) -> None:
+    """Run the station and its REST API (http://HOST:PORT/api/v1) in one process; Ctrl-C stops both."""
+    import uvicorn
+
+    from qcstation.inspect.detector import Detector
+    from qcstation.station.api import ApiConfig, create_app
+    from qcstation.station.api.auth import check_bind, is_loopback
+    from qcstation.station.archive import ImageArchive
+    from qcstation.station.pipeline import Station
+    from qcstation.station.recipe import load_recipe
+    from qcstation.station.sources import (
+        FolderSourceConfig,
+        Reconnecting,
+        Source,
+        TriggerSource,
+        source_from_uri,
+    )
+    from qcstation.station.tokens import TokenStore
+
+    settings = _settings(data_dir, station, intra_op_threads=threads)
+    loaded = load_recipe(recipe)
+    detector = Detector.from_path(loaded.model_path, intra_op_threads=settings.intra_op_threads)
+    loaded.recipe.check_classes(detector.card.classes)
+    config = source_from_uri(source)
+    if isinstance(config, FolderSourceConfig):
+        config = config.model_copy(update={"rate_hz": rate, "loop": loop})
+    store = _open_store(settings, must_exist=False)
+    try:
+        tokens = TokenStore(store)
+        check_bind(host, tokens)
+        archive = ImageArchive(settings.images_dir)
+        batch_id = batch or f"{loaded.recipe.product}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+        holder: dict[str, Station] = {}
+
+        def on_fault(fault: Any) -> None:
+            if "station" in holder:
+                holder["station"].on_fault(fault)
+
+        src: Source = (
+            Reconnecting(config.build, on_fault=on_fault)
+            if not isinstance(config, FolderSourceConfig)
+            else config.build()
+        )
+        if trigger:
+            src = TriggerSource(src)
+        st = Station(
+            source=src,
+            detector=detector,
+            recipe=loaded,
+            store=store,
+            archive=archive,
+            batch_id=batch_id,
+            queue_size=settings.queue_size,
+        )
+        holder["station"] = st
+        api_config = ApiConfig(host=host, port=port)
+        web = create_app(
+            settings=settings, store=store, archive=archive, station=st, tokens=tokens, config=api_config
+        )
+        open_note = " · no tokens: read-only without a token on loopback" if not tokens.any_active() else ""
+        shown = host if is_loopback(host) or ":" not in host else f"[{host}]"
+        err.print(
+            f"station [bold]{settings.station_id}[/] · batch [bold]{batch_id}[/] · model "
+            f"{detector.info.name} {detector.info.version} · recipe {loaded.recipe.product} "
+            f"({st.recipe_hash[:12]}) · source {source}{' (trigger)' if trigger else ''}\n"
+            f"API http://{shown}:{port}/api/v1 (docs /api/v1/docs){open_note}",
+            highlight=False,
+        )
+        uvicorn.run(web, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+    finally:
+        store.close()
+
+
+@token_app.command("issue")
+def token_issue(
+    name: Annotated[str, typer.Option("--name", help="who holds it: a person, the MES, a screen")],
+    role: Annotated[str, typer.Option("--role", help="viewer, operator, quality, mes or admin")],
+    data_dir: DataDir = None,
+    station: StationId = None,
+) -> None:
+    """Issue an API token; it is printed once and only its hash is stored."""
+    from qcstation.station.tokens import TokenStore
+
+    settings = _settings(data_dir, station)
+    with _open_store(settings, must_exist=False) as store:
+        issued = TokenStore(store).issue(name, role, by=_cli_actor())
+    err.print(
+        f"issued token [bold]{issued.info.name}[/] (role {issued.info.role.value}); store it now, it is not "
+        "shown again:",
+        highlight=False,
+    )
+    sys.stdout.write(issued.secret + "\n")
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="the token's name")],
+    data_dir: DataDir = None,
+    station: StationId = None,
+) -> None:
+    """Revoke an API token; requests with it get 401 from then on."""
+    from qcstation.station.tokens import TokenStore
+
+    settings = _settings(data_dir, station)
+    with _open_store(settings) as store:
+        info = TokenStore(store).revoke(name, by=_cli_actor())
+    out.print(f"revoked token {info.name} (role {info.role.value})", highlight=False)
+
+
+@token_app.command("list")
+def token_list(data_dir: DataDir = None, station: StationId = None) -> None:
+    """List API tokens (never their secrets)."""
+    from qcstation.station.tokens import TokenStore
+
+    settings = _settings(data_dir, station)
+    with _open_store(settings) as store:
+        rows = TokenStore(store).list()
+    table = Table()
+    for col in ("name", "role", "created", "by", "state"):
+        table.add_column(col)
+    for t in rows:
+        table.add_row(
+            t.name,
+            t.role.value,
+            t.created_at,
+            t.created_by,
+            "active" if t.active else f"revoked {t.revoked_at}",
+        )
+    out.print(table)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
