@@ -1,0 +1,44 @@
+"""`qcstation token issue|list|revoke` as an administrator runs them, and the API honouring them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from qcstation.cli import app
+from qcstation.station.store import Store
+from qcstation.station.tokens import TokenError, TokenStore, hash_token
+
+
+def test_issue_list_revoke(tmp_path: Path) -> None:
+    runner = CliRunner()
+    d = ["--data-dir", str(tmp_path)]
+    r = runner.invoke(app, ["token", "issue", "--name", "mes-1", "--role", "mes", *d])
+    assert r.exit_code == 0, r.output
+    secret = r.stdout.strip().splitlines()[-1]
+    assert secret.startswith("qcs_")
+    r = runner.invoke(app, ["token", "list", *d])
+    assert "mes-1" in r.output and "active" in r.output and secret not in r.output
+    bad = runner.invoke(app, ["token", "issue", "--name", "x", "--role", "boss", *d])
+    assert bad.exit_code != 0
+    r = runner.invoke(app, ["token", "revoke", "mes-1", *d])
+    assert r.exit_code == 0 and "revoked" in r.output
+    # only the hash is stored
+    raw = (tmp_path / "qcstation.db").read_bytes()
+    assert secret.encode() not in raw and hash_token(secret).encode() in raw
+
+
+def test_token_store_refuses_a_second_active_token_with_the_same_name(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "qc.db", "st1") as store:
+        tokens = TokenStore(store)
+        first = tokens.issue("ann", "quality", by="t")
+        assert tokens.lookup(first.secret) is not None and tokens.any_active()
+        with pytest.raises(TokenError, match="revoke it first"):
+            tokens.issue("ann", "viewer", by="t")
+        tokens.revoke("ann", by="t")
+        assert not tokens.any_active()
+        again = tokens.issue("ann", "viewer", by="t")
+        assert tokens.lookup(first.secret) is None and tokens.lookup(again.secret) is not None
+        assert store.count_outbox_pending() == len(store.outbox_pending(limit=1000))
