@@ -165,3 +165,23 @@ def test_train_dataset_writes_a_calibrated_card(make_dataset: DatasetFactory, tm
     assert 0.0 <= ev.accuracy <= 1.0
     assert set(ev.class_hits) == {"dark", "line"}
     assert ev.class_hits["dark"][1] == 5 and ev.class_hits["line"][1] == 5
+
+
+def test_early_stop_waits_for_min_epochs(make_dataset: DatasetFactory, tmp_path: Path) -> None:
+    ds = SegmentationDataset.from_folder(make_dataset(count=8, size=SIZE), size=SIZE)
+    train, val = split_by_group(ds.samples, 0.25, seed=0)
+    config = TrainConfig(
+        classes=ds.classes,
+        arch_kwargs={"width": 4, "depth": 2},
+        epochs=6,
+        batch_size=4,
+        lr=1e-9,  # nothing improves after the first epoch
+        seed=0,
+        num_threads=1,
+        patience=1,
+        min_epochs=4,
+        max_steps_per_epoch=1,
+    )
+    net = build_model(config.arch, 1, len(ds.classes), **config.arch_kwargs)
+    result = fit(net, Subset(ds, train), Subset(ds, val), config, tmp_path / "run")
+    assert result.epochs_run == 4 and result.best_epoch == 1

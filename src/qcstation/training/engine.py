@@ -54,6 +54,8 @@ class TrainConfig:
         seed: seed of every random generator.
         num_threads: torch CPU threads (None: all cores).
         patience: stop after this many epochs without improvement of ``monitor`` (None: never).
+        min_epochs: never stop early before this epoch (the defect IoU often sits at 0 for the first
+            epochs while the network learns the background).
         monitor: validation metric to maximise (a key of :class:`EvalResult.metrics`).
         max_steps_per_epoch: cap on steps per epoch (None: whole training set), for smoke runs.
         device: torch device.
@@ -74,6 +76,7 @@ class TrainConfig:
     seed: int = 0
     num_threads: int | None = None
     patience: int | None = 6
+    min_epochs: int = 0
     monitor: str = "miou_defects"
     max_steps_per_epoch: int | None = None
     device: str = "cpu"
@@ -505,7 +508,7 @@ def fit(
             row["seconds"],
             "  *best*" if improved else "",
         )
-        if config.patience is not None and bad_epochs >= config.patience:
+        if config.patience is not None and bad_epochs >= config.patience and epoch >= config.min_epochs:
             log.info("early stop: no %s improvement for %d epochs", config.monitor, bad_epochs)
             break
     if not best_path.exists():

@@ -109,6 +109,7 @@ def train_dataset(
     val_fraction: float = 0.2,
     target_false_reject: float = 0.01,
     patience: int | None = 6,
+    min_epochs: int | None = None,
     num_threads: int | None = None,
     max_steps_per_epoch: int | None = None,
     work_dir: str | Path | None = None,
@@ -137,6 +138,7 @@ def train_dataset(
         val_fraction: share of groups (parts) held out for validation and calibration.
         target_false_reject: calibration target per class on good validation images.
         patience: early-stopping patience in epochs (None: off).
+        min_epochs: no early stop before this epoch (None: half of ``epochs``).
         num_threads: torch CPU threads (None: all cores).
         max_steps_per_epoch: cap steps per epoch (smoke runs).
         work_dir: where checkpoints and log.csv go (default: a new temporary folder).
@@ -157,6 +159,7 @@ def train_dataset(
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="qcstation-train-"))
     work.mkdir(parents=True, exist_ok=True)
     created = datetime.now(UTC)
+    code = code_version()  # read now: the tree may change while training runs
     ds = SegmentationDataset.from_folder(root, size=size, channels=1, mean=MEAN, std=STD)
     classes = ds.classes
     train_idx, val_idx = split_by_group(ds.samples, val_fraction, seed)
@@ -177,6 +180,7 @@ def train_dataset(
         seed=seed,
         num_threads=num_threads,
         patience=patience,
+        min_epochs=epochs // 2 if min_epochs is None else min_epochs,
         max_steps_per_epoch=max_steps_per_epoch,
     )
     model = build_model(arch, 1, len(classes), **kwargs)
@@ -239,7 +243,7 @@ def train_dataset(
                 "val": len(val_idx),
                 "skipped": len(ds.skipped),
             },
-            "code_version": code_version(),
+            "code_version": code,
             "created_at": created.isoformat(timespec="seconds"),
             "training": {
                 "arch": arch,
@@ -258,6 +262,11 @@ def train_dataset(
             **dict(provenance or {}),
         },
     )
+    if cal.recall is not None and cal.recall < 0.5:
+        log.warning(
+            "the model finds only %.0f %% of the defective validation images; train longer or check the data",
+            100 * cal.recall,
+        )
     report = export_onnx(best, card, out)
     log.info("wrote %s; val metrics %s", report.path, metrics)
     return TrainResult(report.path, report.card, cal, result, report, work, metrics)
