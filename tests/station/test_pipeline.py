@@ -354,3 +354,19 @@ def test_lost_camera_holds_the_batch_after_the_fault_limit(station_factory) -> N
     assert hold.rule == "station_fault"
     assert "camera 0 lost" in hold.detail
     assert [e.kind for e in store.events(kind="station_fault")] == ["station_fault"]
+
+
+def test_batch_switch_is_in_order_with_frames(station_factory) -> None:  # type: ignore[no-untyped-def]
+    # given a running station; before its third part is handed over, the MES starts batch B2
+    def hook(n: int) -> None:
+        if n == 2:
+            assert st.start_batch("B2", actor="mes", planned_qty=10) is BatchStatus.OPEN
+
+    st, store, _ = station_factory(Hooked(ListSource([GOOD, BAD, GOOD, BAD]), hook))
+    st.run()
+    # then parts captured before the switch stay in B1, later ones are in B2, and B2 was opened by the MES
+    assert [r.batch_id for r in store.inspections(limit=10)] == ["B1", "B1", "B2", "B2"]
+    b2 = store.get_batch("B2")
+    assert b2 is not None
+    assert b2.planned_qty == 10
+    assert store.verify().ok

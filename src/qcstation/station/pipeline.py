@@ -31,7 +31,7 @@ from qcstation.inspect.detector import Detector
 from qcstation.inspect.errors import InspectError
 from qcstation.inspect.types import Frame
 from qcstation.station.archive import ImageArchive
-from qcstation.station.errors import ReleaseError, StoreError
+from qcstation.station.errors import ReleaseError, StationError, StoreError
 from qcstation.station.holds import BatchMonitor
 from qcstation.station.recipe import LoadedRecipe
 from qcstation.station.rules import judge, judge_error
@@ -115,6 +115,18 @@ class RunSummary:
 _END = object()
 
 
+@dataclass
+class _SwitchBatch:
+    """A batch change, queued in order with frames: parts captured before it stay in the old batch."""
+
+    batch_id: str
+    actor: str
+    planned_qty: int | None
+    done: threading.Event = field(default_factory=threading.Event)
+    status: BatchStatus | None = None
+    error: BaseException | None = None
+
+
 class Station:
     """A station assembled from ready parts: source, detector, recipe, store, archive and sinks.
 
@@ -173,6 +185,7 @@ class Station:
         self._lock = threading.Lock()
         self._pass_seen = 0
         self._errors: list[BaseException] = []
+        self._running = False
         status = store.open_batch(
             batch_id, product=rec.product, recipe_hash=self.recipe_hash, at=clock(), actor="station"
         )
@@ -184,6 +197,80 @@ class Station:
     def stop(self) -> None:
         """Ask the run to finish: capture stops, everything already captured is decided and committed."""
         self._stop.set()
+
+    @property
+    def running(self) -> bool:
+        """True from the start of :meth:`run` until it returns."""
+        return self._running
+
+    def submit(self, frame: Frame) -> None:
+        """Hand a frame to the decision stage, in order with captured frames (on-demand inspection)."""
+        self.stats.entered += 1
+        self._put(self._frames, frame)
+
+    def start_batch(
+        self, batch_id: str, *, actor: str, planned_qty: int | None = None, timeout: float = 30.0
+    ) -> BatchStatus:
+        """Make ``batch_id`` the batch that parts captured from now on belong to.
+
+        The batch is opened (or resumed with its hold state). While running, the change travels through the
+        frame queue, so parts captured before the call are still decided in the batch they were captured for.
+
+        Returns:
+            The new batch's status (OPEN, or HOLD when a held batch is resumed).
+
+        Raises:
+            BatchError: the batch exists for another product, or is closed.
+            StationError: a running station did not take the change within ``timeout`` seconds.
+        """
+        if not self._running:
+            return self._switch_batch(batch_id, actor, planned_qty)
+        cmd = _SwitchBatch(batch_id, actor, planned_qty)
+        self._put(self._frames, cmd)
+        if not cmd.done.wait(timeout):
+            raise StationError(f"the station did not switch to batch {batch_id} within {timeout:.0f} s")
+        if cmd.error is not None:
+            raise cmd.error
+        assert cmd.status is not None
+        return cmd.status
+
+    def _switch_batch(self, batch_id: str, actor: str, planned_qty: int | None) -> BatchStatus:
+        status = self.store.open_batch(
+            batch_id,
+            product=self.recipe.product,
+            recipe_hash=self.recipe_hash,
+            at=self.clock(),
+            actor=actor,
+            planned_qty=planned_qty,
+        )
+        with self._lock:
+            self.batch_id = batch_id
+            self.monitor = BatchMonitor(batch_id, self.recipe.holds, status=status)
+            self.stats.batch_status = status
+            self.stats.hold = None
+            self._pass_seen = 0
+        log.info("now inspecting batch %s (%s)", batch_id, status.value)
+        return status
+
+    def raise_hold(self, *, by: str, reason: str) -> tuple[HoldRaised, str]:
+        """Put the current batch on hold by hand; the next part decided is already quarantined.
+
+        The monitor decides the hold (its suspects are the last parts) and the store records it in one locked
+        step, so no part is decided in between. Should the write fail, the monitor stays on HOLD (the safe
+        side); the release sync reopens it, since the store still says OPEN.
+
+        Returns:
+            The hold and its id in the store.
+
+        Raises:
+            BatchError: already on hold or closed, or no reason.
+            StoreError: the write failed.
+        """
+        with self._lock:
+            ev = self.monitor.raise_manual(by, reason, self.clock())
+            hold_id = self.store.record_hold_raised(ev)
+        self._notify_event(ev)
+        return ev, hold_id
 
     def release(self, *, by: str, reason: str) -> HoldReleased:
         """Release the batch's hold (quality role checked by the caller); recorded before it takes effect.
@@ -206,6 +293,13 @@ class Station:
 
     def run(self, *, on_progress: Callable[[StationStats], None] | None = None) -> RunSummary:
         """Run until the source ends or :meth:`stop` is called, then drain and return a summary."""
+        self._running = True
+        try:
+            return self._run(on_progress)
+        finally:
+            self._running = False
+
+    def _run(self, on_progress: Callable[[StationStats], None] | None) -> RunSummary:
         started = time.monotonic()
         self.store.add_event(
             "station_started",
@@ -322,6 +416,13 @@ class Station:
                     continue
                 if isinstance(item, StationFault):
                     self._emit_events([item, *self.monitor.fault(item)])
+                    continue
+                if isinstance(item, _SwitchBatch):
+                    try:
+                        item.status = self._switch_batch(item.batch_id, item.actor, item.planned_qty)
+                    except Exception as e:  # handed back to the caller of start_batch
+                        item.error = e
+                    item.done.set()
                     continue
                 assert isinstance(item, Frame)
                 self._put(self._decisions, self.decide(item))

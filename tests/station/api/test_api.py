@@ -122,7 +122,9 @@ def test_batch_start_close_and_summary(api: Api) -> None:
     r = api.client.post(
         f"{V1}/batches", json={"batch_id": "LOT-2", "planned_quantity": 50}, headers=api.auth("mes")
     )
-    assert r.status_code == 201 and r.json()["state"] == "OPEN" and r.json()["active"] is False
+    # starting a batch makes it the one the station inspects from now on
+    assert r.status_code == 201 and r.json()["state"] == "OPEN" and r.json()["active"] is True
+    assert api.upload(GOOD_PNG)["job_id"] == "LOT-2"
     again = api.client.post(f"{V1}/batches", json={"batch_id": "LOT-2"}, headers=api.auth("mes"))
     assert again.status_code == 200
     wrong = api.client.post(
@@ -133,6 +135,10 @@ def test_batch_start_close_and_summary(api: Api) -> None:
         api.client.post(f"{V1}/batches", json={"batch_id": "LOT-3"}, headers=api.auth("viewer")).status_code
         == 403
     )
+    # the running batch cannot be closed under the station; after switching back to B1 it can
+    assert api.client.post(f"{V1}/batches/LOT-2/close", headers=api.auth("mes")).status_code == 409
+    back = api.client.post(f"{V1}/batches", json={"batch_id": "B1"}, headers=api.auth("mes"))
+    assert back.status_code == 200 and back.json()["active"] is True
     closed = api.client.post(f"{V1}/batches/LOT-2/close", headers=api.auth("mes"))
     assert closed.status_code == 200 and closed.json()["state"] == "CLOSED"
     assert api.client.post(f"{V1}/batches/LOT-2/close", headers=api.auth("mes")).status_code == 409

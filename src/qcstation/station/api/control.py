@@ -1,15 +1,9 @@
-"""The API's handle on the station running in this process.
+"""The API's handle on the station running in this process: its life cycle, parts, batches and holds.
 
-This is the one module that reaches past :class:`~qcstation.station.pipeline.Station`'s public methods, and
-only where the station offers none yet (marked "internal" below):
-
-- a manual hold must go through the station's batch monitor under the station's lock, so the parts that
-  follow are put in disposition HOLD at once, and the screen and MES hear of it through the station's sinks;
-- an uploaded image is handed to the station's decision stage exactly as a captured frame is (the same queue
-  ``Station.on_fault`` uses), so it is judged, counted by the hold rules, archived, committed in order and
-  signalled like any other part.
-
-Both would be better as public ``Station.raise_hold()`` and ``Station.submit()``; until then they live here.
+An uploaded image is handed to the station's decision stage exactly as a captured frame is
+(:meth:`Station.submit`), so it is judged, counted by the hold rules, archived, committed in order and
+signalled like any other part. A manual hold goes through the station's batch monitor
+(:meth:`Station.raise_hold`), so the parts that follow are put in disposition HOLD at once.
 """
 
 from __future__ import annotations
@@ -19,7 +13,6 @@ import threading
 from dataclasses import dataclass
 
 from qcstation.inspect.types import Frame
-from qcstation.station.errors import BatchError, StoreError
 from qcstation.station.pipeline import RunSummary, Station
 from qcstation.station.sources import TriggerSource
 from qcstation.station.types import BatchStatus, HoldRaised, HoldReleased
@@ -91,9 +84,8 @@ class StationControl:
     # -- parts ------------------------------------------------------------------------------------------
 
     def submit(self, frame: Frame) -> None:
-        """Hand a frame to the decision stage, in order with captured frames (internal: the frame queue)."""
-        st = self.station
-        st._put(st._frames, frame)
+        """Hand a frame to the decision stage, in order with captured frames."""
+        self.station.submit(frame)
 
     def trigger_source(self) -> TriggerSource | None:
         """The station's trigger source, also when wrapped (``.inner``), or None."""
@@ -109,29 +101,12 @@ class StationControl:
     # -- holds ------------------------------------------------------------------------------------------
 
     def raise_hold(self, *, by: str, reason: str) -> tuple[HoldRaised, str]:
-        """Put the station's current batch on hold by hand (internal: the monitor under the station lock).
+        """Put the station's current batch on hold by hand (see :meth:`Station.raise_hold`)."""
+        return self.station.raise_hold(by=by, reason=reason)
 
-        The monitor decides the hold (suspects are its last parts) and the store records it in the same
-        locked step, so no part is decided in between. Should the write fail, the monitor stays on HOLD (the
-        safe side) and the station's release sync reopens it, since the store still says OPEN.
-
-        Returns:
-            The hold and its id in the store.
-
-        Raises:
-            BatchError: the batch is already on hold or closed, or no reason.
-            StoreError: the write failed.
-        """
-        st = self.station
-        with st._lock:
-            ev = st.monitor.raise_manual(by, reason, st.clock())
-            try:
-                hold_id = st.store.record_hold_raised(ev)
-            except (StoreError, BatchError):
-                log.error("manual hold on %s decided but not recorded", st.batch_id)
-                raise
-        st._notify_event(ev)
-        return ev, hold_id
+    def start_batch(self, batch_id: str, *, actor: str, planned_qty: int | None = None) -> BatchStatus:
+        """Switch the station to ``batch_id`` (see :meth:`Station.start_batch`)."""
+        return self.station.start_batch(batch_id, actor=actor, planned_qty=planned_qty)
 
     def release(self, *, by: str, reason: str) -> HoldReleased:
         """Release the current batch's hold through the station (its monitor reopens the batch)."""

@@ -193,10 +193,10 @@ def _active(ctx: ApiContext, batch_id: str) -> bool:
     summary="Start a batch",
 )
 def start_batch(ctx: Ctx, who: BatchManager, body: BatchStartIn, response: Response) -> BatchOut:
-    """Open a batch for the station's recipe (idempotent: starting an existing open batch returns it).
+    """Open a batch for the station's recipe and make it the batch the station inspects from now on.
 
-    The station in this process goes on inspecting the batch it was started with (``qcstation serve
-    --batch``); ``active`` says whether that is this batch.
+    Idempotent: starting an existing open batch returns it (200) and resumes it, with its hold state. Parts
+    captured before the call stay in the batch they were captured for.
     """
     if ctx.control is None:
         raise ApiError(409, "no_station", "starting a batch needs the station's recipe; no station runs here")
@@ -207,14 +207,7 @@ def start_batch(ctx: Ctx, who: BatchManager, body: BatchStartIn, response: Respo
             409, "wrong_product", f"this station's recipe is for product {product!r}, not {body.product_id!r}"
         )
     existing = ctx.store.get_batch(body.batch_id)
-    ctx.store.open_batch(
-        body.batch_id,
-        product=product,
-        recipe_hash=st.recipe_hash,
-        at=datetime.now(UTC),
-        actor=who.actor,
-        planned_qty=body.planned_quantity,
-    )
+    ctx.control.start_batch(body.batch_id, actor=who.actor, planned_qty=body.planned_quantity)
     batch = ctx.store.get_batch(body.batch_id)
     assert batch is not None
     if existing is not None:
