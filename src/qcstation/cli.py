@@ -253,19 +253,30 @@ def inspections(
             sys.stdout.write(json.dumps(r.to_dict(), default=str) + "\n")
         return
     table = Table()
-    for col in ("decided_at", "batch", "serial", "frame", "verdict", "disposition", "score", "reasons"):
-        table.add_column(col)
+    cols = ["time (UTC)", "serial", "verdict", "disposition", "score", "reasons"]
+    if batch is None:
+        cols.insert(1, "batch")
+    widths = {"time (UTC)": 8, "batch": 12, "serial": 9, "verdict": 7, "disposition": 11, "score": 5}
+    for col in cols:
+        table.add_column(
+            col,
+            no_wrap=col != "reasons",
+            overflow="ellipsis",
+            min_width=widths.get(col, 20),
+            max_width=24 if col == "batch" else None,
+        )
     for r in rows:
-        table.add_row(
-            r.decided_at,
-            r.batch_id,
-            r.serial or "",
-            r.frame_id,
+        cells = [
+            r.decided_at[11:19],
+            r.serial or r.frame_id,
             r.verdict,
             r.disposition,
             "" if r.image_score is None else f"{r.image_score:.2f}",
-            "; ".join(r.reasons)[:80],
-        )
+            "; ".join(r.reasons) or (r.error or ""),
+        ]
+        if batch is None:
+            cells.insert(1, r.batch_id)
+        table.add_row(*cells)
     out.print(table)
 
 
