@@ -82,6 +82,7 @@ class Detector:
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
         inter_op_threads: int | None = None,
+        allow_spinning: bool = False,
         warmup: bool = True,
     ) -> Detector:
         """Load a model file, validate its card against its graph, and warm it up.
@@ -91,6 +92,8 @@ class Detector:
             providers: onnxruntime execution providers in order of preference (default: CPU).
             intra_op_threads: threads inside one operator (None: onnxruntime's default, one per core).
             inter_op_threads: threads across operators (None: onnxruntime's default).
+            allow_spinning: let idle onnxruntime threads spin-wait for work. Off by default: a station
+                runs capture, decisions and commits beside the model, and spinning threads take their cores.
             warmup: run one blank input so the first frame is not slow and a model that cannot run fails now.
 
         Returns:
@@ -115,6 +118,9 @@ class Detector:
             opts.intra_op_num_threads = intra_op_threads
         if inter_op_threads is not None:
             opts.inter_op_num_threads = inter_op_threads
+        spin = "1" if allow_spinning else "0"
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
         wanted = list(providers) if providers else ["CPUExecutionProvider"]
         available = ort.get_available_providers()
         missing = [pr for pr in wanted if pr not in available]

@@ -113,9 +113,9 @@ class ImageArchive:
             raise ValueError("expected image bytes, got none")
         e = _norm_ext(ext)
         ref = hashlib.sha256(data).hexdigest()
-        if self._find(ref) is not None:
-            return ref
         directory = self._dir(ref)
+        if (directory / f"{ref}.{e}").exists() or self._find(ref) is not None:
+            return ref
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{ref[:16]}-", suffix=".tmp", dir=directory)
         try:
@@ -251,9 +251,11 @@ class ImageArchive:
         directory = self._dir(ref)
         if not directory.is_dir():
             return None
-        for p in directory.glob(f"{ref}.*"):
-            if not p.name.endswith(".tmp"):
-                return p
+        prefix = f"{ref}."
+        with os.scandir(directory) as entries:  # not Path.glob: it compiles a pattern per call (hot path)
+            for entry in entries:
+                if entry.name.startswith(prefix) and not entry.name.endswith(".tmp"):
+                    return directory / entry.name
         return None
 
 

@@ -463,6 +463,18 @@ class _Chain:
             self.start_seq, self.seq, self.hash = 0, 0, db.GENESIS_HASH
         else:
             self.start_seq, self.seq, self.hash = int(head.seq), int(head.seq), str(head.hash)
+        self.pending: dict[sa.Table, list[dict[str, Any]]] = {}
+
+    def add(self, table: sa.Table, row: dict[str, Any]) -> None:
+        """Queue an unchained row (the outbox) for the next flush, in order."""
+        self.pending.setdefault(table, []).append(row)
+
+    def flush(self) -> None:
+        """Insert the queued rows, one executemany per table (rows of one table keep their order)."""
+        for table, rows in self.pending.items():
+            if rows:
+                self.conn.execute(table.insert(), rows)
+        self.pending.clear()
 
     def append(self, table: sa.Table, row: Mapping[str, Any]) -> dict[str, Any]:
         full = {**row, "station": self.station, "seq": self.seq + 1, "prev_hash": self.hash}
@@ -472,12 +484,13 @@ class _Chain:
             raise AssertionError(
                 f"chained row for {table.name} does not match its columns: {sorted(missing)}"
             )
-        self.conn.execute(table.insert(), full)
+        self.add(table, full)
         self.seq += 1
         self.hash = full["hash"]
         return full
 
     def finish(self) -> None:
+        self.flush()
         if self.seq == self.start_seq:
             return
         h = db.chain_head
@@ -735,7 +748,8 @@ class Store:
                     continue
                 seen.add(d.record_id)
                 full = chain.append(i, row)
-                self._queue(conn, "inspections", d.record_id, InspectionRecord.from_row(full).to_dict())
+                payload = InspectionRecord.from_row(full).to_dict()
+                self._queue(conn, "inspections", d.record_id, payload, chain)
                 for ev in d.events:
                     self._apply_event(conn, chain, ev, batch_id=d.batch_id, strict=False)
             chain.finish()
@@ -1018,12 +1032,14 @@ class Store:
 
     def _append_event(self, conn: Connection, chain: _Chain, row: Mapping[str, Any]) -> str:
         full = chain.append(db.events, row)
-        self._queue(conn, "events", full["id"], EventRecord.from_row(full).to_dict())
+        self._queue(conn, "events", full["id"], EventRecord.from_row(full).to_dict(), chain)
         return str(full["id"])
 
-    def _queue(self, conn: Connection, topic: str, record_id: str, payload: Mapping[str, Any]) -> None:
-        conn.execute(
-            db.outbox.insert(),
+    def _queue(
+        self, conn: Connection, topic: str, record_id: str, payload: Mapping[str, Any], chain: _Chain
+    ) -> None:
+        chain.add(
+            db.outbox,
             {
                 "station": self._station,
                 "topic": topic,
@@ -1048,6 +1064,7 @@ class Store:
         ``strict`` (a single manual call) refuses what does not fit the batch's state; inside a group commit
         the batch monitor has already decided, and refusing would block the whole group, so it only records.
         """
+        chain.flush()  # the statements below may read what this transaction wrote so far
         b, h = db.batches, db.holds
         where_batch = (b.c.station == self._station, b.c.batch_id == batch_id)
         if isinstance(ev, StationFault):
