@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from qcstation.inspect.detector import Detector
-from qcstation.station.api import errors, routes_admin, routes_mes, routes_operator
+from qcstation.station.api import errors, routes_admin, routes_mes, routes_operator, routes_review
 from qcstation.station.api.auth import Authenticator, is_loopback
 from qcstation.station.api.control import StationControl
 from qcstation.station.api.deps import ApiConfig, ApiContext
@@ -187,6 +187,7 @@ def create_app(
     api.include_router(routes_mes.router)
     api.include_router(routes_operator.router)
     api.include_router(routes_admin.router)
+    api.include_router(routes_review.router)
     app.include_router(api)
     app.add_middleware(UploadLimit, max_bytes=cfg.max_upload_bytes)
     static = static_dir()

@@ -24,11 +24,13 @@ from qcstation.station.api.schemas import (
     EventOut,
     EventPage,
     HoldOut,
+    InspectionDetailOut,
     InspectionOut,
     InspectionPage,
     SerialHistoryOut,
     Verdict,
 )
+from qcstation.station.review import reviews_for
 from qcstation.station.store import InspectionRecord
 
 router = APIRouter(tags=["mes"])
@@ -103,10 +105,11 @@ def _record(ctx: ApiContext, result_id: str) -> InspectionRecord:
     return rec
 
 
-@router.get("/inspections/{result_id}", response_model=InspectionOut, summary="One result")
-def get_inspection(ctx: Ctx, _who: Reader, result_id: ResultId) -> InspectionOut:
-    """One result by id (any station in this database)."""
-    return InspectionOut.of(_record(ctx, result_id))
+@router.get("/inspections/{result_id}", response_model=InspectionDetailOut, summary="One result")
+def get_inspection(ctx: Ctx, _who: Reader, result_id: ResultId) -> InspectionDetailOut:
+    """One result by id (any station in this database), with its latest quality review (``review``)."""
+    rec = _record(ctx, result_id)
+    return InspectionDetailOut.with_review(rec, reviews_for(ctx.store).latest(rec.id))
 
 
 _IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {

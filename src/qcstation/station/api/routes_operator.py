@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -24,17 +25,21 @@ from qcstation.station.api.errors import ApiError, not_found
 from qcstation.station.api.schemas import (
     BATCH_ID_PATTERN,
     SERIAL_PATTERN,
+    ControlLimitsOut,
+    FailRateOut,
     HoldIn,
     HoldOut,
     InspectionOut,
     LatencyOut,
     ModelOut,
+    PChartOut,
     ReleaseIn,
     ReleaseOut,
     StatusOut,
     TriggerIn,
     TriggerOut,
 )
+from qcstation.station.recipe import HoldRules
 from qcstation.station.sources import decode_image, sniff_extension
 from qcstation.station.types import BatchStatus, HoldRaised
 
@@ -289,6 +294,24 @@ def status(ctx: Ctx, _who: Reader) -> StatusOut:
         batch_state=c.batch_status.value,
         hold=HoldOut.of(open_holds[-1]) if open_holds else None,
         outbox_backlog=backlog,
+        control_limits=control_limits(st.recipe.holds),
+    )
+
+
+def control_limits(rules: HoldRules) -> ControlLimitsOut:
+    """The recipe's hold rules as the limits a fail-rate trend is drawn against."""
+    pc = rules.p_chart
+    p_chart = None
+    if pc is not None:
+        p0, n = pc.baseline_rate, pc.subgroup
+        ucl = p0 + pc.sigma * math.sqrt(p0 * (1.0 - p0) / n)
+        p_chart = PChartOut(baseline_rate=p0, subgroup=n, sigma=pc.sigma, ucl=round(ucl, 6))
+    fr = rules.fail_rate
+    return ControlLimitsOut(
+        p_chart=p_chart,
+        fail_rate=None if fr is None else FailRateOut(window=fr.window, max_rate=fr.max_rate),
+        consecutive_fails=rules.consecutive_fails,
+        review_counts_as_fail=rules.review_counts_as_fail,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qcstation.station.review import Review
 from qcstation.station.store import BatchRow, EventRecord, HoldRecord, InspectionRecord, parse_utc
 
 BATCH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -135,6 +136,74 @@ class InspectionOut(_Out):
             seq=r.seq,
             hash=r.hash,
         )
+
+
+class ReviewOut(_Out):
+    """A quality engineer's review of a result: an audit event, never a change to the record."""
+
+    event_id: str = Field(description="the review_confirm / review_override audit event")
+    decision: Literal["confirm", "override"]
+    original_result_state: Verdict = Field(description="the station's verdict")
+    result_state: Literal["PASS", "FAIL"] = Field(description="the verdict after review")
+    reviewed_by: str
+    reason: str
+    reviewed_at: str
+
+    @classmethod
+    def of(cls, r: Review) -> ReviewOut:
+        """From a review."""
+        return cls.model_validate(
+            {
+                "event_id": r.event_id,
+                "decision": r.decision,
+                "original_result_state": r.original_verdict,
+                "result_state": r.verdict,
+                "reviewed_by": r.actor,
+                "reason": r.reason,
+                "reviewed_at": r.at,
+            }
+        )
+
+
+class InspectionDetailOut(InspectionOut):
+    """One result, with its latest quality review (null while not reviewed)."""
+
+    review: ReviewOut | None = Field(
+        default=None, description="the latest review of this result; the record itself never changes"
+    )
+
+    @classmethod
+    def with_review(cls, r: InspectionRecord, review: Review | None) -> InspectionDetailOut:
+        """From a stored record and its latest review."""
+        base = InspectionOut.of(r).model_dump()
+        return cls(**base, review=None if review is None else ReviewOut.of(review))
+
+
+class ReviewIn(_In):
+    """Confirm or override a verdict (quality role); the reason is required."""
+
+    decision: Literal["confirm", "override"] = Field(
+        description="confirm keeps PASS/FAIL; override sets a different verdict (a REVIEW part is decided "
+        "by override to PASS or FAIL)"
+    )
+    verdict: Literal["PASS", "FAIL"] | None = Field(
+        default=None, description="the verdict after review (required for override)"
+    )
+    reason: str = Field(min_length=1, max_length=2000, description="why (required)")
+
+
+class ReviewPage(_Out):
+    """A page of the review queue, newest first."""
+
+    items: list[InspectionDetailOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page")
+    has_more: bool
+
+
+class RecentOut(_Out):
+    """The newest results, newest first (what a screen shows after a reload)."""
+
+    items: list[InspectionOut]
 
 
 class InspectionPage(_Out):
@@ -342,6 +411,31 @@ class LatencyOut(_Out):
     samples: int
 
 
+class PChartOut(_Out):
+    """The recipe's p-chart hold rule and its upper control limit."""
+
+    baseline_rate: float = Field(description="p0, the expected fail fraction")
+    subgroup: int = Field(description="parts per subgroup (n)")
+    sigma: float
+    ucl: float = Field(description="p0 + sigma * sqrt(p0 (1 - p0) / n)")
+
+
+class FailRateOut(_Out):
+    """The recipe's rolling fail-rate hold rule."""
+
+    window: int
+    max_rate: float
+
+
+class ControlLimitsOut(_Out):
+    """What the recipe's hold rules allow, for a screen's fail-rate trend."""
+
+    p_chart: PChartOut | None
+    fail_rate: FailRateOut | None
+    consecutive_fails: int | None
+    review_counts_as_fail: bool = Field(description="REVIEW parts count as fails in the hold rules")
+
+
 class StatusOut(_Out):
     """The station at a glance."""
 
@@ -362,6 +456,9 @@ class StatusOut(_Out):
     batch_state: BatchState | None
     hold: HoldOut | None
     outbox_backlog: int
+    control_limits: ControlLimitsOut | None = Field(
+        default=None, description="the recipe's hold rules as control limits (null without a station)"
+    )
 
 
 class HealthOut(_Out):
