@@ -582,5 +582,80 @@ def token_list(data_dir: DataDir = None, station: StationId = None) -> None:
     out.print(table)
 
 
+# -- dataset export (reviewed records as training data) ------------------------------------------------------
+
+dataset_app = typer.Typer(help="Datasets from the station's reviewed records.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+def _since(text: str | None) -> datetime | None:
+    """``--since``: ISO 8601 (no zone: UTC), or a span back from now like ``7d``, ``12h``, ``30m``."""
+    import re
+    from datetime import timedelta
+
+    from qcstation.station.errors import ConfigError
+
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhm])\s*", text)
+    if m:
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[m.group(2)]
+        return datetime.now(UTC) - timedelta(**{unit: float(m.group(1))})
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError as e:
+        raise ConfigError(
+            f"--since: expected ISO 8601 (2026-01-31T08:00Z) or a span like 7d, got {text!r}"
+        ) from e
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+@dataset_app.command("export")
+def dataset_export(
+    out_dir: Annotated[Path, typer.Option("--out", help="dataset folder to write")],
+    since: Annotated[
+        str | None, typer.Option("--since", help="only records reviewed since: ISO 8601 or a span (7d, 12h)")
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="model whose card lists the classes (default: the recipe's)"),
+    ] = None,
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="recipe YAML naming the model")] = Path(
+        "recipes/demo.yaml"
+    ),
+    data_dir: DataDir = None,
+    station: StationId = None,
+) -> None:
+    """Write reviewed records with kept images as an indexed_masks dataset the training package reads."""
+    from qcstation.inspect.detector import Detector
+    from qcstation.station.archive import ImageArchive
+    from qcstation.station.recipe import load_recipe
+    from qcstation.station.review import ReviewStore, export_dataset
+
+    settings = _settings(data_dir, station)
+    model_path = model if model is not None else load_recipe(recipe).model_path
+    det = Detector.from_path(model_path)
+    info = {"name": det.info.name, "version": det.info.version, "sha256": det.info.sha256}
+    when = _since(since)
+    with _open_store(settings) as store:
+        summary = export_dataset(
+            ReviewStore(store),
+            ImageArchive(settings.images_dir),
+            out_dir,
+            det.card.classes,
+            since=when,
+            model=info,
+        )
+    out.print(
+        f"wrote {summary.written} image(s) to {out_dir} ({summary.fail} FAIL with box masks, "
+        f"{summary.passed} PASS with empty masks); classes {list(det.card.classes)}",
+        highlight=False,
+    )
+    for record_id, why in summary.skipped[:20]:
+        err.print(f"[yellow]skipped[/] {record_id}: {why}", highlight=False)
+    if len(summary.skipped) > 20:
+        err.print(f"[yellow]… and {len(summary.skipped) - 20} more skipped[/]", highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
