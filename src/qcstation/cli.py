@@ -659,3 +659,44 @@ def dataset_export(
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# -- plant: migrations, backup/restore, the outbox forwarder ------------------------------------------------
+
+db_app = typer.Typer(help="Store schema: migrations (Alembic).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+StoreUrl = Annotated[
+    str | None,
+    typer.Option("--url", help="SQLAlchemy URL or SQLite path [default: the data dir's store]"),
+]
+
+
+def _store_url(data_dir: Path | None, url: str | None) -> str:
+    if url is not None:
+        return url
+    return _settings(data_dir).store_url
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="target revision")] = "head",
+    data_dir: DataDir = None,
+    url: StoreUrl = None,
+) -> None:
+    """Upgrade the store's schema in place (an existing pre-migration store is stamped first)."""
+    from qcstation.station.migrations import upgrade
+
+    before, after = upgrade(_store_url(data_dir, url), revision)
+    out.print(f"store schema: {before or 'empty'} -> {after}", highlight=False)
+
+
+@db_app.command("current")
+def db_current(data_dir: DataDir = None, url: StoreUrl = None) -> None:
+    """Print the store's schema revision and the newest this qcstation knows."""
+    from qcstation.station.migrations import current, head
+
+    rev = current(_store_url(data_dir, url))
+    newest = head()
+    state = "up to date" if rev == newest else "upgrade with: qcstation db upgrade"
+    out.print(f"revision {rev or 'none (empty)'} (head {newest}): {state}", highlight=False)

@@ -30,7 +30,7 @@ import re
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -1428,18 +1428,30 @@ class Store:
 
     @staticmethod
     def _verify_station(conn: Connection, station: str) -> tuple[int, ChainBreak | None]:
-        def rows(table: sa.Table) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        def rows(table: sa.Table) -> Generator[tuple[int, str, dict[str, Any]], None, None]:
             q = (
                 sa.select(table)
                 .where(table.c.station == station)
                 .order_by(table.c.seq)
                 .execution_options(yield_per=1000)
             )
-            for r in conn.execute(q):
-                yield int(r.seq), table.name, dict(r._mapping)
+            with conn.execute(q) as result:  # closed when the walk stops early (a server cursor on PG)
+                for r in result:
+                    yield int(r.seq), table.name, dict(r._mapping)
 
+        streams = (rows(db.inspections), rows(db.events))
+        try:
+            return Store._walk_chain(conn, station, heapq.merge(*streams, key=lambda t: t[0]))
+        finally:
+            for stream in streams:
+                stream.close()
+
+    @staticmethod
+    def _walk_chain(
+        conn: Connection, station: str, merged: Iterator[tuple[int, str, dict[str, Any]]]
+    ) -> tuple[int, ChainBreak | None]:
         expected, prev, n = 1, db.GENESIS_HASH, 0
-        for seq, table, row in heapq.merge(rows(db.inspections), rows(db.events), key=lambda t: t[0]):
+        for seq, table, row in merged:
             row_id = str(row["id"])
             if seq != expected:
                 if seq > expected:
