@@ -198,6 +198,13 @@ def test_operator_and_quality_at_the_screen(served: Served) -> None:
             expect(page.locator("#queue-list li")).to_have_count(3)
             page.screenshot(path=str(ARTIFACTS / "03-hold.png"))
 
+            # a good part inside the held batch is quarantined: the tile says HOLD, never a green PASS
+            served.part(GOOD_PNG, "SN-1010")
+            expect(page.locator("#v-serial")).to_have_text("SN-1010")
+            expect(page.locator("#v-word")).to_have_text("HOLD")
+            expect(page.locator("#verdict")).to_have_class("tile v-HELD")
+            expect(page.locator("#v-time")).to_contain_text("PASS part, quarantined")
+
             # the operator tries to release with their own token: refused, the hold stays
             page.click("#release-btn")
             page.fill("#r-token", served.secrets["operator"])

@@ -88,12 +88,14 @@ function isFail(verdict) {
 
 function showVerdict(r) {
   const tile = $("verdict");
-  tile.className = "tile v-" + r.result_state + (state.live ? "" : " stale");
-  setText("v-word", r.result_state);
+  // A part that passed inside a held batch must not look like "ship it": it is quarantined with the batch.
+  const held = r.disposition === "HOLD";
+  tile.className = "tile v-" + (held ? "HELD" : r.result_state) + (state.live ? "" : " stale");
+  setText("v-word", held ? "HOLD" : r.result_state);
   setText("v-serial", r.part_id ? r.part_id : r.measurement_id || "");
   const reasons = r.reasons && r.reasons.length ? r.reasons.join(" · ") : r.error || "";
   setText("v-reasons", reasons);
-  const hold = r.disposition === "HOLD" ? " · quarantined (HOLD)" : "";
+  const hold = held ? " · " + r.result_state + " part, quarantined with its batch" : "";
   setText("v-time", hhmmss(r.creation_time) + " UTC · " + (r.job_id || "") + hold);
 }
 
