@@ -23,7 +23,9 @@ from qcstation.inspect.errors import InspectError
 from qcstation.station.errors import StationError
 
 if TYPE_CHECKING:
-    from qcstation.station.pipeline import StationStats
+    from qcstation.inspect.detector import Detector
+    from qcstation.station.pipeline import Station, StationStats
+    from qcstation.station.recipe import LoadedRecipe
     from qcstation.station.settings import Settings
     from qcstation.station.store import Store
 
@@ -98,43 +100,11 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live status line")] = False,
 ) -> None:
     """Run the station: inspect every frame from SOURCE and record every decision."""
-    from qcstation.inspect.detector import Detector
-    from qcstation.station.archive import ImageArchive
-    from qcstation.station.pipeline import Station
-    from qcstation.station.recipe import load_recipe
-    from qcstation.station.sources import FolderSourceConfig, Reconnecting, source_from_uri
-
     settings = _settings(data_dir, station, intra_op_threads=threads)
-    loaded = load_recipe(recipe)
-    detector = Detector.from_path(loaded.model_path, intra_op_threads=settings.intra_op_threads)
-    loaded.recipe.check_classes(detector.card.classes)
-    config = source_from_uri(source)
-    if isinstance(config, FolderSourceConfig):
-        config = config.model_copy(update={"rate_hz": rate, "loop": loop})
+    loaded, detector = _load_model(settings, recipe)
     store = _open_store(settings, must_exist=False)
-    archive = ImageArchive(settings.images_dir)
-    batch_id = batch or f"{loaded.recipe.product}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    holder: dict[str, Station] = {}
-
-    def on_fault(fault: Any) -> None:
-        if "station" in holder:
-            holder["station"].on_fault(fault)
-
-    src = (
-        Reconnecting(config.build, on_fault=on_fault)
-        if not isinstance(config, FolderSourceConfig)
-        else (config.build())
-    )
-    st = Station(
-        source=src,
-        detector=detector,
-        recipe=loaded,
-        store=store,
-        archive=archive,
-        batch_id=batch_id,
-        queue_size=settings.queue_size,
-    )
-    holder["station"] = st
+    st = _assemble(settings, store, loaded, detector, source=source, batch=batch, rate=rate, loop=loop)
+    batch_id = st.batch_id
 
     def handle(signum: int, _frame: object) -> None:
         err.print(f"\n[yellow]{signal.Signals(signum).name}: draining and stopping (again to abort)…[/]")
@@ -176,6 +146,68 @@ def run(
             highlight=False,
         )
     out.print(f"records in {settings.store_url}; verify with: qcstation verify", highlight=False)
+
+
+def _load_model(settings: Settings, recipe: Path) -> tuple[LoadedRecipe, Detector]:
+    """The recipe and its model, checked against each other (before anything is written)."""
+    from qcstation.inspect.detector import Detector
+    from qcstation.station.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    detector = Detector.from_path(loaded.model_path, intra_op_threads=settings.intra_op_threads)
+    loaded.recipe.check_classes(detector.card.classes)
+    return loaded, detector
+
+
+def _assemble(
+    settings: Settings,
+    store: Store,
+    loaded: LoadedRecipe,
+    detector: Detector,
+    *,
+    source: str,
+    batch: str | None,
+    rate: float | None,
+    loop: bool,
+    trigger: bool = False,
+) -> Station:
+    """A station from ready parts; cameras and streams reconnect with backoff and report faults."""
+    from qcstation.station.archive import ImageArchive
+    from qcstation.station.pipeline import Station
+    from qcstation.station.sources import (
+        FolderSourceConfig,
+        Reconnecting,
+        Source,
+        TriggerSource,
+        source_from_uri,
+    )
+    from qcstation.station.types import StationFault
+
+    config = source_from_uri(source)
+    holder: list[Station] = []
+
+    def on_fault(fault: StationFault) -> None:
+        if holder:
+            holder[0].on_fault(fault)
+
+    src: Source
+    if isinstance(config, FolderSourceConfig):
+        src = config.model_copy(update={"rate_hz": rate, "loop": loop}).build()
+    else:
+        src = Reconnecting(config.build, on_fault=on_fault, name=source)
+    if trigger:
+        src = TriggerSource(src)
+    st = Station(
+        source=src,
+        detector=detector,
+        recipe=loaded,
+        store=store,
+        archive=ImageArchive(settings.images_dir),
+        batch_id=batch or f"{loaded.recipe.product}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+        queue_size=settings.queue_size,
+    )
+    holder.append(st)
+    return st
 
 
 class _StatusLine:
@@ -455,57 +487,28 @@ def serve(
     """Run the station and its REST API (http://HOST:PORT/api/v1) in one process; Ctrl-C stops both."""
     import uvicorn
 
-    from qcstation.inspect.detector import Detector
     from qcstation.station.api import ApiConfig, create_app
     from qcstation.station.api.auth import check_bind, is_loopback
-    from qcstation.station.archive import ImageArchive
-    from qcstation.station.pipeline import Station
-    from qcstation.station.recipe import load_recipe
-    from qcstation.station.sources import (
-        FolderSourceConfig,
-        Reconnecting,
-        Source,
-        TriggerSource,
-        source_from_uri,
-    )
     from qcstation.station.tokens import TokenStore
 
     settings = _settings(data_dir, station, intra_op_threads=threads)
-    loaded = load_recipe(recipe)
-    detector = Detector.from_path(loaded.model_path, intra_op_threads=settings.intra_op_threads)
-    loaded.recipe.check_classes(detector.card.classes)
-    config = source_from_uri(source)
-    if isinstance(config, FolderSourceConfig):
-        config = config.model_copy(update={"rate_hz": rate, "loop": loop})
+    loaded, detector = _load_model(settings, recipe)
     store = _open_store(settings, must_exist=False)
     try:
         tokens = TokenStore(store)
         check_bind(host, tokens)
-        archive = ImageArchive(settings.images_dir)
-        batch_id = batch or f"{loaded.recipe.product}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-        holder: dict[str, Station] = {}
-
-        def on_fault(fault: Any) -> None:
-            if "station" in holder:
-                holder["station"].on_fault(fault)
-
-        src: Source = (
-            Reconnecting(config.build, on_fault=on_fault)
-            if not isinstance(config, FolderSourceConfig)
-            else config.build()
+        st = _assemble(
+            settings,
+            store,
+            loaded,
+            detector,
+            source=source,
+            batch=batch,
+            rate=rate,
+            loop=loop,
+            trigger=trigger,
         )
-        if trigger:
-            src = TriggerSource(src)
-        st = Station(
-            source=src,
-            detector=detector,
-            recipe=loaded,
-            store=store,
-            archive=archive,
-            batch_id=batch_id,
-            queue_size=settings.queue_size,
-        )
-        holder["station"] = st
+        archive = st.archive
         api_config = ApiConfig(host=host, port=port)
         web = create_app(
             settings=settings, store=store, archive=archive, station=st, tokens=tokens, config=api_config
@@ -513,7 +516,7 @@ def serve(
         open_note = " · no tokens: read-only without a token on loopback" if not tokens.any_active() else ""
         shown = host if is_loopback(host) or ":" not in host else f"[{host}]"
         err.print(
-            f"station [bold]{settings.station_id}[/] · batch [bold]{batch_id}[/] · model "
+            f"station [bold]{settings.station_id}[/] · batch [bold]{st.batch_id}[/] · model "
             f"{detector.info.name} {detector.info.version} · recipe {loaded.recipe.product} "
             f"({st.recipe_hash[:12]}) · source {source}{' (trigger)' if trigger else ''}\n"
             f"API http://{shown}:{port}/api/v1 (docs /api/v1/docs){open_note}",
@@ -700,3 +703,64 @@ def db_current(data_dir: DataDir = None, url: StoreUrl = None) -> None:
     newest = head()
     state = "up to date" if rev == newest else "upgrade with: qcstation db upgrade"
     out.print(f"revision {rev or 'none (empty)'} (head {newest}): {state}", highlight=False)
+
+
+@app.command()
+def forward(
+    data_dir: DataDir = None,
+    station: StationId = None,
+    mqtt: Annotated[
+        str | None, typer.Option("--mqtt", help="broker HOST[:PORT]", envvar="QCSTATION_MQTT")
+    ] = None,
+    webhook: Annotated[
+        str | None, typer.Option("--webhook", help="webhook URL", envvar="QCSTATION_WEBHOOK_URL")
+    ] = None,
+    webhook_secret: Annotated[
+        str | None, typer.Option(help="webhook HMAC secret", envvar="QCSTATION_WEBHOOK_SECRET")
+    ] = None,
+    central: Annotated[
+        str | None, typer.Option("--central", help="central store URL", envvar="QCSTATION_CENTRAL_URL")
+    ] = None,
+    backlog_alert: Annotated[float, typer.Option("--backlog-alert", help="seconds; event if older")] = 300.0,
+    until_empty: Annotated[bool, typer.Option("--until-empty", help="exit when nothing is pending")] = False,
+) -> None:
+    """Run the outbox forwarder of one station: deliver its records to MQTT, a webhook, a central store."""
+    from qcstation.station.errors import ConfigError
+    from qcstation.station.outbox import Forwarder, Sink
+
+    settings = _settings(data_dir, station)
+    store = _open_store(settings)
+    sinks: list[Sink] = []
+    try:
+        if mqtt is not None:
+            from qcstation.station.forwarders.mqtt import MqttSink
+
+            host, _, port = mqtt.rpartition(":") if ":" in mqtt else (mqtt, "", "1883")
+            sinks.append(
+                MqttSink(host, int(port), site=settings.site, line=settings.line, station=settings.station_id)
+            )
+        if webhook is not None:
+            from qcstation.station.forwarders.webhook import WebhookSink
+
+            if not webhook_secret:
+                raise ConfigError("--webhook needs a secret (--webhook-secret or QCSTATION_WEBHOOK_SECRET)")
+            sinks.append(WebhookSink(webhook, webhook_secret, station=settings.station_id))
+        if central is not None:
+            from qcstation.station.forwarders.central import CentralSink
+
+            sinks.append(CentralSink(central, store.engine, station=settings.station_id))
+        if not sinks:
+            raise ConfigError("nothing to forward to: give --mqtt, --webhook or --central")
+        fwd = Forwarder(store, sinks, backlog_alert_after=backlog_alert)
+
+        def handle(signum: int, _frame: object) -> None:
+            fwd.request_stop()
+
+        signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGTERM, handle)
+        err.print(f"forwarding station {settings.station_id} to {', '.join(s.name for s in sinks)}")
+        fwd.run(until_empty=until_empty)
+        fwd.stop()
+        out.print(f"delivered {fwd.delivered}; backlog {fwd.backlog().size}")
+    finally:
+        store.close()
