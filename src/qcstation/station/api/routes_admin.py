@@ -14,6 +14,7 @@ from qcstation.station.api.deps import Admin, ApiContext, Caller, Ctx, Reader
 from qcstation.station.api.routes_operator import latency
 from qcstation.station.api.schemas import ErrorOut, HealthOut, TokenOut, WhoAmIOut
 from qcstation.station.errors import StoreError
+from qcstation.station.outbox import outbox_backlog
 from qcstation.station.types import BatchStatus
 
 router = APIRouter(tags=["admin"])
@@ -110,6 +111,14 @@ class StationCollector(Collector):
         except StoreError:
             backlog.add_metric([], float("nan"))
         yield backlog
+        age = GaugeMetricFamily(
+            "qcstation_outbox_backlog_age_seconds", "age of the oldest outbox item waiting for delivery"
+        )
+        try:
+            age.add_metric([], outbox_backlog(ctx.store).age_seconds)
+        except StoreError:
+            age.add_metric([], float("nan"))
+        yield age
         if c is None:
             return
         st = c.station

@@ -1,0 +1,1 @@
+"""Destinations of the outbox forwarder (:mod:`qcstation.station.outbox`): MQTT, webhooks, a central store."""
