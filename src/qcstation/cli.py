@@ -764,3 +764,34 @@ def forward(
         out.print(f"delivered {fwd.delivered}; backlog {fwd.backlog().size}")
     finally:
         store.close()
+
+
+@app.command()
+def backup(
+    out_path: Annotated[Path, typer.Argument(help="backup file to write")],
+    data_dir: DataDir = None,
+) -> None:
+    """Back up the SQLite store online (consistent while the station writes)."""
+    from qcstation.station.backup import backup_sqlite
+
+    settings = _settings(data_dir)
+    if settings.database_url is not None:
+        from qcstation.station.errors import ConfigError
+
+        raise ConfigError("backup copies the embedded SQLite store; back up PostgreSQL with pg_dump")
+    backup_sqlite(Path(settings.store_url), out_path)
+    out.print(f"backed up {settings.store_url} to {out_path}", highlight=False)
+
+
+@app.command()
+def restore(
+    backup_path: Annotated[Path, typer.Argument(help="backup file made by `qcstation backup`")],
+    data_dir: DataDir = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing store")] = False,
+) -> None:
+    """Restore the SQLite store from a backup whose hash chain verifies (stop the station first)."""
+    from qcstation.station.backup import restore_sqlite
+
+    settings = _settings(data_dir)
+    report = restore_sqlite(backup_path, Path(settings.store_url), force=force)
+    out.print(f"restored {settings.store_url}: {report.describe()}", highlight=False)
