@@ -660,9 +660,6 @@ def dataset_export(
         err.print(f"[yellow]… and {len(summary.skipped) - 20} more skipped[/]", highlight=False)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
 
 # -- plant: migrations, backup/restore, the outbox forwarder ------------------------------------------------
 
@@ -795,3 +792,7 @@ def restore(
     settings = _settings(data_dir)
     report = restore_sqlite(backup_path, Path(settings.store_url), force=force)
     out.print(f"restored {settings.store_url}: {report.describe()}", highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
