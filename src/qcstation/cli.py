@@ -24,6 +24,7 @@ from qcstation.station.errors import StationError
 
 if TYPE_CHECKING:
     from qcstation.inspect.detector import Detector
+    from qcstation.station.outbox import Sink as OutboxSink
     from qcstation.station.pipeline import Station, StationStats
     from qcstation.station.recipe import LoadedRecipe
     from qcstation.station.settings import Settings
@@ -208,6 +209,41 @@ def _assemble(
     )
     holder.append(st)
     return st
+
+
+def _outbox_sinks(
+    settings: Settings,
+    store: Store,
+    *,
+    mqtt: str | None,
+    webhook: str | None,
+    secret: str | None,
+    central: str | None,
+) -> list[OutboxSink]:
+    """The outbox destinations named on the command line or in the environment (possibly none)."""
+    from qcstation.station.errors import ConfigError
+
+    sinks: list[OutboxSink] = []
+    if mqtt is not None:
+        from qcstation.station.forwarders.mqtt import MqttSink
+
+        host, _, port = mqtt.rpartition(":") if ":" in mqtt else (mqtt, "", "1883")
+        if not port.isdigit():
+            raise ConfigError(f"--mqtt: expected HOST[:PORT], got {mqtt!r}")
+        sinks.append(
+            MqttSink(host, int(port), site=settings.site, line=settings.line, station=settings.station_id)
+        )
+    if webhook is not None:
+        from qcstation.station.forwarders.webhook import WebhookSink
+
+        if not secret:
+            raise ConfigError("--webhook needs a secret (--webhook-secret or QCSTATION_WEBHOOK_SECRET)")
+        sinks.append(WebhookSink(webhook, secret, station=settings.station_id))
+    if central is not None:
+        from qcstation.station.forwarders.central import CentralSink
+
+        sinks.append(CentralSink(central, store.engine, station=settings.station_id))
+    return sinks
 
 
 class _StatusLine:
@@ -483,6 +519,21 @@ def serve(
         bool, typer.Option("--trigger", help="capture only on POST /api/v1/trigger (one frame per request)")
     ] = False,
     threads: Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads")] = None,
+    mqtt: Annotated[
+        str | None,
+        typer.Option("--mqtt", help="forward results to broker HOST[:PORT]", envvar="QCSTATION_MQTT"),
+    ] = None,
+    webhook: Annotated[
+        str | None,
+        typer.Option("--webhook", help="forward results to this URL", envvar="QCSTATION_WEBHOOK_URL"),
+    ] = None,
+    webhook_secret: Annotated[
+        str | None, typer.Option(help="webhook HMAC secret", envvar="QCSTATION_WEBHOOK_SECRET")
+    ] = None,
+    central: Annotated[
+        str | None,
+        typer.Option("--central", help="forward to a central store URL", envvar="QCSTATION_CENTRAL_URL"),
+    ] = None,
 ) -> None:
     """Run the station and its REST API (http://HOST:PORT/api/v1) in one process; Ctrl-C stops both."""
     import uvicorn
@@ -513,16 +564,30 @@ def serve(
         web = create_app(
             settings=settings, store=store, archive=archive, station=st, tokens=tokens, config=api_config
         )
+        sinks = _outbox_sinks(
+            settings, store, mqtt=mqtt, webhook=webhook, secret=webhook_secret, central=central
+        )
+        forwarder = None
+        if sinks:
+            from qcstation.station.outbox import Forwarder
+
+            forwarder = Forwarder(store, sinks)
+            forwarder.start()
         open_note = " · no tokens: read-only without a token on loopback" if not tokens.any_active() else ""
         shown = host if is_loopback(host) or ":" not in host else f"[{host}]"
         err.print(
             f"station [bold]{settings.station_id}[/] · batch [bold]{st.batch_id}[/] · model "
             f"{detector.info.name} {detector.info.version} · recipe {loaded.recipe.product} "
             f"({st.recipe_hash[:12]}) · source {source}{' (trigger)' if trigger else ''}\n"
-            f"API http://{shown}:{port}/api/v1 (docs /api/v1/docs){open_note}",
+            f"API http://{shown}:{port}/api/v1 (docs /api/v1/docs){open_note}"
+            + (f"\nforwarding to {', '.join(sk.name for sk in sinks)}" if sinks else ""),
             highlight=False,
         )
-        uvicorn.run(web, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+        try:
+            uvicorn.run(web, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+        finally:
+            if forwarder is not None:
+                forwarder.stop()
     finally:
         store.close()
 
@@ -660,7 +725,6 @@ def dataset_export(
         err.print(f"[yellow]… and {len(summary.skipped) - 20} more skipped[/]", highlight=False)
 
 
-
 # -- plant: migrations, backup/restore, the outbox forwarder ------------------------------------------------
 
 db_app = typer.Typer(help="Store schema: migrations (Alembic).", no_args_is_help=True)
@@ -723,29 +787,14 @@ def forward(
 ) -> None:
     """Run the outbox forwarder of one station: deliver its records to MQTT, a webhook, a central store."""
     from qcstation.station.errors import ConfigError
-    from qcstation.station.outbox import Forwarder, Sink
+    from qcstation.station.outbox import Forwarder
 
     settings = _settings(data_dir, station)
     store = _open_store(settings)
-    sinks: list[Sink] = []
     try:
-        if mqtt is not None:
-            from qcstation.station.forwarders.mqtt import MqttSink
-
-            host, _, port = mqtt.rpartition(":") if ":" in mqtt else (mqtt, "", "1883")
-            sinks.append(
-                MqttSink(host, int(port), site=settings.site, line=settings.line, station=settings.station_id)
-            )
-        if webhook is not None:
-            from qcstation.station.forwarders.webhook import WebhookSink
-
-            if not webhook_secret:
-                raise ConfigError("--webhook needs a secret (--webhook-secret or QCSTATION_WEBHOOK_SECRET)")
-            sinks.append(WebhookSink(webhook, webhook_secret, station=settings.station_id))
-        if central is not None:
-            from qcstation.station.forwarders.central import CentralSink
-
-            sinks.append(CentralSink(central, store.engine, station=settings.station_id))
+        sinks = _outbox_sinks(
+            settings, store, mqtt=mqtt, webhook=webhook, secret=webhook_secret, central=central
+        )
         if not sinks:
             raise ConfigError("nothing to forward to: give --mqtt, --webhook or --central")
         fwd = Forwarder(store, sinks, backlog_alert_after=backlog_alert)
