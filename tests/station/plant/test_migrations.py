@@ -18,11 +18,22 @@ from station.factories_store import Factory
 from station.test_store import commit, open_b1
 
 
+def _all_tables() -> sa.MetaData:
+    """Every table a store holds: the store's own, the API tokens and the review index."""
+    from qcstation.station import review, tokens
+
+    merged = sa.MetaData()
+    for md in (db.metadata, tokens.metadata, review.metadata):
+        for table in md.tables.values():
+            table.to_metadata(merged)
+    return merged
+
+
 def _diff(url: str) -> list[object]:
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            return list(compare_metadata(MigrationContext.configure(conn), db.metadata))
+            return list(compare_metadata(MigrationContext.configure(conn), _all_tables()))
     finally:
         engine.dispose()
 
@@ -87,3 +98,23 @@ def test_upgrade_on_postgresql_makes_exactly_the_store_tables(pg_url: str) -> No
 def test_a_postgresql_store_made_before_migrations_is_stamped(pg_url: str) -> None:
     Store.open(pg_url, "st-1").close()
     assert upgrade(pg_url) == (BASELINE, head())
+
+
+def test_store_whose_tables_made_themselves_upgrades_in_place(tmp_path: Path) -> None:
+    # given a store from before migrations, where the API already created its token and review tables
+    from qcstation.station.review import ReviewStore
+    from qcstation.station.tokens import Role, TokenStore
+
+    path = tmp_path / "old.db"
+    with Store.open(path, "st-1") as s:
+        issued = TokenStore(s).issue("anna", Role.QUALITY, by="test")
+        ReviewStore(s)
+    # when it is upgraded
+    assert upgrade(path) == (BASELINE, head())
+    # then it is at head, every table matches, and the token still works
+    assert current(path) == head()
+    assert _diff(f"sqlite:///{path}") == []
+    with Store.open(path, "st-1") as s:
+        found = TokenStore(s).lookup(issued.secret)
+        assert found is not None
+        assert found.role == Role.QUALITY
