@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -208,7 +209,40 @@ def _assemble(
         queue_size=settings.queue_size,
     )
     holder.append(st)
+    st.housekeeping = _housekeeper(settings, store, st)
     return st
+
+
+def _housekeeper(settings: Settings, store: Store, st: Station) -> Callable[[], None]:
+    """Image retention once an hour, and the disk guard whenever free space is below the setting."""
+    import shutil
+
+    from qcstation.station.backup import guard_disk
+
+    archive = st.archive
+    retention = st.recipe.images.retention_days
+    last_retention = [0.0]
+
+    def free_share(_a: object) -> float:
+        du = shutil.disk_usage(archive.root if archive.root.exists() else settings.data_dir)
+        return du.free / du.total if du.total else 1.0
+
+    def run() -> None:
+        now = datetime.now(UTC)
+        if time.monotonic() - last_retention[0] >= 3600:
+            last_retention[0] = time.monotonic()
+            archive.prune(store.image_records(), now=now, retention_days=retention)
+        if free_share(None) < settings.min_free_disk:
+            guard_disk(
+                archive,
+                store.image_records,
+                now=now,
+                min_free=settings.min_free_disk,
+                retention_days=retention,
+                free_share=free_share,
+            )
+
+    return run
 
 
 def _outbox_sinks(

@@ -370,3 +370,25 @@ def test_batch_switch_is_in_order_with_frames(station_factory) -> None:  # type:
     assert b2 is not None
     assert b2.planned_qty == 10
     assert store.verify().ok
+
+
+def test_housekeeping_runs_beside_the_station_and_its_failures_do_not_stop_it(station_factory) -> None:  # type: ignore[no-untyped-def]
+    calls: list[int] = []
+
+    def housekeeping() -> None:
+        calls.append(1)
+        raise OSError("disk guard could not read the archive")
+
+    def hook(n: int) -> None:
+        if n == 5:
+            import time as _t
+
+            _t.sleep(0.3)  # several housekeeping periods pass while the station runs
+
+    st, store, _ = station_factory(
+        Hooked(ListSource([GOOD] * 10), hook), housekeeping=housekeeping, housekeeping_s=0.05
+    )
+    summary = st.run()
+    assert len(calls) >= 2
+    assert summary.parts == 10
+    assert store.count_inspections() == 10

@@ -147,6 +147,8 @@ class Station:
         queue_size: int = 8,
         max_group: int = 64,
         release_poll_s: float = 1.0,
+        housekeeping: Callable[[], None] | None = None,
+        housekeeping_s: float = 60.0,
     ) -> None:
         """Assemble a station.
 
@@ -162,6 +164,9 @@ class Station:
             queue_size: bound of the frame and decision queues (back-pressure on the camera).
             max_group: the most decisions committed in one transaction.
             release_poll_s: how often the store is checked for a hold released elsewhere (CLI, API).
+            housekeeping: run every ``housekeeping_s`` seconds while the station runs, in its own thread
+                (image retention, the disk guard); its failures are logged, never stop the station.
+            housekeeping_s: the housekeeping period.
         """
         rec = recipe.recipe
         rec.check_classes(detector.card.classes)
@@ -177,6 +182,8 @@ class Station:
         self.clock = clock
         self.max_group = max_group
         self.release_poll_s = release_poll_s
+        self.housekeeping = housekeeping
+        self.housekeeping_s = housekeeping_s
         self.thresholds = detector.thresholds({c: r.threshold for c, r in rec.classes.items()})
         self.stats = StationStats()
         self._frames: queue.Queue[object] = queue.Queue(maxsize=queue_size)
@@ -325,6 +332,8 @@ class Station:
             threading.Thread(target=self._guard(self._decide_loop), name="qc-decide", daemon=True),
             threading.Thread(target=self._guard(self._commit_loop), name="qc-commit", daemon=True),
         ]
+        if self.housekeeping is not None:
+            threading.Thread(target=self._housekeeping_loop, name="qc-housekeeping", daemon=True).start()
         for t in threads:
             t.start()
         try:
@@ -367,6 +376,14 @@ class Station:
                 _drain_put(self._decisions, _END)
 
         return run
+
+    def _housekeeping_loop(self) -> None:
+        assert self.housekeeping is not None
+        while not self._stop.wait(self.housekeeping_s) and self._running:
+            try:
+                self.housekeeping()
+            except Exception:  # a full disk or a slow prune must never stop inspection
+                log.exception("housekeeping failed")
 
     # -- stage 1: capture ---------------------------------------------------------------------------------
 

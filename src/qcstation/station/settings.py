@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     line: str = "line"
     intra_op_threads: int | None = Field(default=None, ge=1, description="onnxruntime threads per operator")
     queue_size: int = Field(default=8, ge=1, le=1024)
+    min_free_disk: float = Field(
+        default=0.10, ge=0.0, le=0.9, description="free disk share below which old PASS images are pruned"
+    )
 
     @field_validator("station_id", "site", "line")
     @classmethod
