@@ -14,9 +14,11 @@ further readers without touching :class:`SegmentationDataset`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -496,3 +498,334 @@ class Subset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             normalise(image, self.base.mean, self.base.std),
             torch.from_numpy(np.ascontiguousarray(mask)).long(),
         )
+
+
+# -- mask folders (one folder per class, same-name masks) ---------------------------------------------------
+
+GOOD_NAME_TOKENS = ("free", "good", "ok")
+SPLIT_FILE = "split.json"
+NUM_ID = re.compile(r"num_(\d+)")
+
+
+def _is_good_folder(name: str, good: Sequence[str] | None) -> bool:
+    if good is not None:
+        return name in good
+    tokens = re.split(r"[^a-z0-9]+", name.lower())
+    return any(t in GOOD_NAME_TOKENS for t in tokens)
+
+
+def class_name_of(folder: str) -> str:
+    """Class name of a class folder: lower case, ``MT_``-like prefix dropped (``MT_Crack``: crack)."""
+    head, sep, tail = folder.partition("_")
+    name = tail if sep and head.isupper() and len(head) <= 4 and tail else folder
+    return name.lower()
+
+
+def numeric_id_groups(stems: Sequence[str], gap: int = 300) -> dict[str, str] | None:
+    """Group file stems by neighbouring ``num_<id>`` values (ids closer than ``gap`` chain into one group).
+
+    Returns:
+        stem -> group name (``num_<first id>``), or None when some stem carries no ``num_`` id.
+    """
+    ids: dict[str, int] = {}
+    for s in stems:
+        m = NUM_ID.search(s)
+        if m is None:
+            return None
+        ids[s] = int(m.group(1))
+    out: dict[str, str] = {}
+    current, last = "", -(10**12)
+    for s, v in sorted(ids.items(), key=lambda kv: kv[1]):
+        if v - last > gap:
+            current = f"num_{v}"
+        out[s] = current
+        last = v
+    return out
+
+
+def dhash(image: np.ndarray, side: int = 8) -> int:
+    """64-bit difference hash of a gray image (near-duplicates differ in few bits)."""
+    small = cv2.resize(image, (side + 1, side), interpolation=cv2.INTER_AREA).astype(np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).ravel()
+    return int(sum(1 << i for i, b in enumerate(bits) if b))
+
+
+def near_duplicate_groups(hashes: Mapping[str, int], max_bits: int = 6) -> dict[str, str]:
+    """Union-find grouping of items whose difference hashes differ in at most ``max_bits`` bits."""
+    keys = sorted(hashes)
+    parent = {k: k for k in keys}
+
+    def find(k: str) -> str:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            if bin(hashes[a] ^ hashes[b]).count("1") <= max_bits:
+                parent[find(b)] = find(a)
+    return {k: find(k) for k in keys}
+
+
+@dataclass(frozen=True)
+class LoadedSample:
+    """A decoded sample of a mask-folders dataset (at the size it was loaded)."""
+
+    sample: Sample
+    image: np.ndarray
+    mask: np.ndarray
+    source_class: str
+    split: str | None
+
+
+@register_reader
+class MaskFoldersReader(LayoutReader):
+    """One folder per class (``<root>/<Class>/[Imgs/]*.jpg``), same-name ``.png`` masks next to the images.
+
+    Folders of good images (default: names containing the token free, good or ok, case-insensitive;
+    dataset.yaml ``good: [...]`` overrides) need no masks. Masks are thresholded at ``mask_threshold``
+    (default 127) and take the class of their folder; ``merge: defect`` maps every defect class to one.
+    A ``split.json`` in the root (``{"train": [...], "test": [...]}``, paths relative to the root) gives
+    each sample's side. Group keys: neighbouring ``num_<id>`` values (``group_gap``, default 300) when every
+    file has one, else near-duplicate grouping by a difference hash.
+
+    Works without a dataset.yaml: :meth:`open` infers everything.
+    """
+
+    layout = "mask_folders"
+
+    def __init__(self, root: Path, classes: Sequence[str], config: Mapping[str, Any]) -> None:
+        super().__init__(root, classes, config)
+        self.threshold = int(self.config.get("mask_threshold", 127))
+        good = self.config.get("good")
+        self.good_folders: list[str] | None = list(good) if good is not None else None
+        self.problems: list[tuple[str, str]] = []
+        self._split: dict[str, str] = {}
+        self._source: dict[Path, str] = {}
+
+    @classmethod
+    def class_folders(cls, root: Path, good: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+        """(good folders, defect folders) under ``root``, sorted."""
+        if not root.is_dir():
+            raise DatasetError(f"dataset folder not found: {root}")
+        dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        goods = [d for d in dirs if _is_good_folder(d, good)]
+        defects = [d for d in dirs if d not in goods]
+        return goods, defects
+
+    @classmethod
+    def open(
+        cls, root: str | Path, *, good: Sequence[str] | None = None, merge: str | None = None
+    ) -> MaskFoldersReader:
+        """Reader of a mask-folders dataset, from its dataset.yaml when there is one, else inferred.
+
+        Args:
+            root: the dataset folder.
+            good: names of the good-image folders (default: detected by name).
+            merge: one class name for every defect class (e.g. "defect"), or None to keep the folders'.
+
+        Raises:
+            DatasetError: no class folders, or no good folder.
+        """
+        r = Path(root)
+        config: dict[str, Any] = {"layout": cls.layout}
+        if (r / DATASET_YAML).is_file():
+            config.update(yaml.safe_load((r / DATASET_YAML).read_text(encoding="utf-8")) or {})
+        if good is not None:
+            config["good"] = list(good)
+        if merge is not None:
+            config["merge"] = merge
+        goods, defects = cls.class_folders(r, config.get("good"))
+        if not goods and not defects:
+            raise DatasetError(f"dataset {r} is empty: no class folders")
+        if not goods:
+            log.warning(
+                "%s: no folder of good images found (names with free/good/ok); all are defect classes", r
+            )
+        names = [class_name_of(d) for d in defects]
+        classes = ["good", str(config["merge"])] if config.get("merge") else ["good", *names]
+        if len(set(classes)) != len(classes):
+            raise DatasetError(f"{r}: class folders {defects} give duplicate class names {classes}")
+        return cls(r, classes, config)
+
+    def _image_dir(self, folder: Path) -> Path:
+        sub = folder / "Imgs"
+        return sub if sub.is_dir() else folder
+
+    def samples(self) -> list[Sample]:
+        """Every image of every class folder, with its mask (good images: none needed) and group key."""
+        goods, defects = self.class_folders(self.root, self.good_folders)
+        rows: list[tuple[Path, Path, str]] = []
+        for folder in goods + defects:
+            d = self._image_dir(self.root / folder)
+            files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            stems_with_other = {p.stem for p in files if p.suffix.lower() != ".png"}
+            for p in files:
+                if p.suffix.lower() == ".png" and p.stem in stems_with_other:
+                    continue  # the mask of a same-name .jpg/.bmp
+                mask = (
+                    p.with_suffix(".png") if p.suffix.lower() != ".png" else p.with_name(p.stem + "_mask.png")
+                )
+                if folder in defects and not mask.is_file():
+                    self.problems.append((str(p), "defect image without a same-name .png mask"))
+                    log.warning("skipping %s: defect image without a same-name .png mask", p)
+                    continue
+                rows.append((p, mask, folder))
+        stems = [p.stem for p, _, _ in rows]
+        groups = numeric_id_groups(stems, int(self.config.get("group_gap", 300)))
+        if groups is None:
+            hashes: dict[str, int] = {}
+            for p, _, _ in rows:
+                img = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+                hashes[str(p)] = dhash(img) if img is not None else hash(str(p))
+            near = near_duplicate_groups(hashes)
+            key_of = {str(p): Path(near[str(p)]).stem for p, _, _ in rows}
+        else:
+            key_of = {str(p): groups[p.stem] for p, _, _ in rows}
+        self._read_split()
+        out = []
+        for p, mask, folder in rows:
+            self._source[p] = "good" if folder in goods else class_name_of(folder)
+            out.append(Sample(p, mask, key_of[str(p)]))
+        return out
+
+    def _read_split(self) -> None:
+        path = self.root / SPLIT_FILE
+        if not path.is_file():
+            return
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise DatasetError(f"{path} is not valid JSON: {e}") from e
+        for side in ("train", "val", "test"):
+            for rel in data.get(side, []) or []:
+                self._split[str((self.root / rel).resolve())] = side
+
+    def split_of(self, sample: Sample) -> str | None:
+        """The sample's side in ``split.json`` (train/val/test), or None without a split file."""
+        if not self._split:
+            return None
+        return self._split.get(str(sample.image.resolve()))
+
+    def source_class(self, sample: Sample) -> str:
+        """The class of the sample's folder ("good" for good folders), before any merge."""
+        return self._source[sample.image]
+
+    def class_index(self, sample: Sample) -> int:
+        """Class index the sample's mask pixels get."""
+        src = self.source_class(sample)
+        if src == "good":
+            return 0
+        return 1 if self.config.get("merge") else self.classes.index(src)
+
+    def read_mask(self, sample: Sample, image_shape: tuple[int, int]) -> np.ndarray | None:
+        """The thresholded mask with the folder's class index (good images without a mask: all zero).
+
+        Raises:
+            DatasetError: the mask's size differs from the image's.
+        """
+        k = self.class_index(sample)
+        if not sample.label.is_file():
+            if k == 0:
+                return np.zeros(image_shape, np.uint8)
+            return None
+        mask = cv2.imread(str(sample.label), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            return None
+        if mask.shape != image_shape:
+            raise DatasetError(
+                f"mask {sample.label} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
+                f"{sample.image.name} is {image_shape[1]}x{image_shape[0]}"
+            )
+        return (
+            np.where(mask > self.threshold, k, 0).astype(np.uint8) if k else np.zeros(image_shape, np.uint8)
+        )
+
+    def load(
+        self, size: tuple[int, int] | None = None, samples: Sequence[Sample] | None = None
+    ) -> list[LoadedSample]:
+        """Decode images and masks (resized to ``size`` = (H, W)); bad ones are reported and skipped.
+
+        Every skipped file is logged with its name and reason and kept in :attr:`problems`.
+        """
+        out: list[LoadedSample] = []
+        for s in self.samples() if samples is None else samples:
+            try:
+                image = cv2.imread(str(s.image), cv2.IMREAD_GRAYSCALE)
+            except cv2.error:
+                image = None
+            if image is None:
+                self._problem(s.image, "cannot decode image (corrupt, truncated or not an image)")
+                continue
+            try:
+                mask = self.read_mask(s, image.shape[:2])
+            except DatasetError as e:
+                self._problem(s.image, str(e))
+                continue
+            if mask is None:
+                self._problem(s.image, f"cannot decode mask {s.label.name}")
+                continue
+            if size is not None and image.shape[:2] != size:
+                h, w = size
+                interp = cv2.INTER_AREA if image.shape[0] > h or image.shape[1] > w else cv2.INTER_LINEAR
+                image = cv2.resize(image, (w, h), interpolation=interp)
+                mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+            out.append(LoadedSample(s, image, mask, self.source_class(s), self.split_of(s)))
+        return out
+
+    def _problem(self, path: Path, reason: str) -> None:
+        log.warning("skipping %s: %s", path, reason)
+        self.problems.append((str(path), reason))
+
+
+def check_leaks(
+    samples: Sequence[Sample],
+    side: Mapping[Path, str],
+    *,
+    hashes: Mapping[Path, int] | None = None,
+    max_bits: int = 3,
+) -> list[str]:
+    """Warnings for a split that looks leaky: a group on two sides, or near-identical images across sides.
+
+    Args:
+        samples: the samples.
+        side: image -> side name.
+        hashes: image -> difference hash (optional; enables the near-duplicate check). Use 256-bit hashes
+            (``dhash(image, 16)``): smooth, striped surfaces collide often at 64 bits.
+        max_bits: hashes differing in at most this many bits count as near-identical.
+
+    Returns:
+        Human-readable warnings (also logged); empty when nothing looks leaky.
+    """
+    sides_of: dict[str, set[str]] = {}
+    for s in samples:
+        if s.image in side:
+            sides_of.setdefault(s.group, set()).add(side[s.image])
+    warnings_: list[str] = []
+    split_groups = sorted(g for g, v in sides_of.items() if len(v) > 1)
+    if split_groups:
+        warnings_.append(
+            f"{len(split_groups)} group(s) have images on more than one side of the split "
+            f"(e.g. {', '.join(split_groups[:3])}): the split may leak one part into both sides"
+        )
+    if hashes:
+        by_side: dict[str, list[tuple[Path, int]]] = {}
+        for p, h in hashes.items():
+            if p in side:
+                by_side.setdefault(side[p], []).append((p, h))
+        names = sorted(by_side)
+        pairs = 0
+        example = ""
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                for pa, ha in by_side[a]:
+                    for pb, hb in by_side[b]:
+                        if bin(ha ^ hb).count("1") <= max_bits:
+                            pairs += 1
+                            example = example or f"{pa.name} ~ {pb.name}"
+        if pairs:
+            warnings_.append(f"{pairs} near-identical image pair(s) across split sides (e.g. {example})")
+    for w in warnings_:
+        log.warning("leaky split? %s", w)
+    return warnings_
