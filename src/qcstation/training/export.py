@@ -117,7 +117,9 @@ def export_onnx(
     """Export a logits network as a self-describing probability model and verify the file.
 
     Args:
-        net: N x C_in x H x W -> N x C x H x W logits (any device; exported on the CPU in eval mode).
+        net: N x C_in x H x W -> N x C x H x W logits (any device; exported on the CPU in eval mode); when
+            the card names ``output.image_scores``, a module returning (N x C x H x W probabilities,
+            N x C image probabilities) instead, exported as is.
         card: the model card to embed; its input/output names and sizes define the graph's.
         path: the ``.onnx`` file to write (parent folders are created).
         samples: N x C_in x H x W normalised inputs for the parity check (default: :func:`parity_inputs`).
@@ -131,11 +133,10 @@ def export_onnx(
             disagrees with torch beyond ``tolerance``.
     """
     out = Path(path)
-    if card.output.image_scores is not None:
-        raise ExportError(
-            "this exporter writes pixel probabilities only; the card must not name image_scores"
-        )
-    wrapped = ProbabilityModel(net).cpu().eval()
+    two_outputs = card.output.image_scores is not None
+    # with an image head the network already returns (probabilities, image probabilities)
+    wrapped = (net if two_outputs else ProbabilityModel(net)).cpu().eval()
+    output_names = [card.output.name] + ([str(card.output.image_scores)] if two_outputs else [])
     c, h, w = card.input.channels, card.input.height, card.input.width
     dummy = torch.zeros(1, c, h, w)
     buf = io.BytesIO()
@@ -151,8 +152,8 @@ def export_onnx(
                 (dummy,),
                 buf,  # type: ignore[arg-type]  # a file object is accepted, the stub says path only
                 input_names=[card.input.name],
-                output_names=[card.output.name],
-                dynamic_axes={card.input.name: {0: "N"}, card.output.name: {0: "N"}},
+                output_names=output_names,
+                dynamic_axes={card.input.name: {0: "N"}, **{o: {0: "N"} for o in output_names}},
                 opset_version=OPSET,
                 do_constant_folding=True,
                 dynamo=False,
@@ -187,11 +188,16 @@ def export_onnx(
     if x.ndim != 4 or x.shape[1:] != (c, h, w):
         raise ExportError(f"parity samples: expected N x {c} x {h} x {w}, got {x.shape}")
     with torch.no_grad():
-        ref = wrapped(torch.from_numpy(x)).numpy()
-    got = np.asarray(session.run([card.output.name], {card.input.name: x})[0])
-    if got.shape != ref.shape:
-        raise ExportError(f"onnxruntime output shape {got.shape} differs from torch {ref.shape}")
-    diff = float(np.abs(got - ref).max())
+        ref_out = wrapped(torch.from_numpy(x))
+    refs = [t.numpy() for t in ref_out] if two_outputs else [ref_out.numpy()]
+    gots = [np.asarray(o) for o in session.run(output_names, {card.input.name: x})]
+    for got_o, ref_o, name in zip(gots, refs, output_names, strict=True):
+        if got_o.shape != ref_o.shape:
+            raise ExportError(
+                f"onnxruntime output {name} shape {got_o.shape} differs from torch {ref_o.shape}"
+            )
+    ref, got = refs[0], gots[0]
+    diff = max(float(np.abs(g - r).max()) for g, r in zip(gots, refs, strict=True))
     agree = float((got.argmax(1) == ref.argmax(1)).mean())
     if not diff < tolerance:
         raise ExportError(

@@ -1,0 +1,543 @@
+"""Small-data defect models: a U-Net with a jointly trained image-level head, and its time-budgeted training.
+
+The network (:class:`DefectNet`) is :class:`~qcstation.training.nets.UNetSmall` plus a decision head in the
+spirit of Božič et al., "Mixed supervision for surface-defect detection" (2021): global max and average
+pooled deep features and the pooled defect logits feed a small MLP that gives N x C image logits. Image-level
+supervision is what moves the image AUROC on small data; the masks still teach the network *where* to look.
+
+The exported graph (:class:`StationModel`) averages over test-time flips and *gates* the probability maps by
+the image head: the defect map is the segmentation's defect probability normalised to its maximum, times
+the image head's defect probability. So the map's maximum equals the image score, and the station's region
+verdict at a threshold is exactly "image score >= threshold", while the regions still show where.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qcstation.training.anomaly import synthesize_anomaly
+from qcstation.training.data import _albumentations, normalise
+from qcstation.training.errors import TrainingError
+from qcstation.training.metrics import auroc
+from qcstation.training.nets import ConvBNReLU, UNetSmall
+
+log = logging.getLogger(__name__)
+
+
+class DefectNet(UNetSmall):
+    """U-Net segmentation plus an image-level head; ``forward`` returns (N x C x H x W, N x C) logits.
+
+    Args:
+        in_channels: 1 or 3.
+        num_classes: classes, index 0 = good.
+        width: first-stage width of the U-Net.
+        depth: strided stages.
+        dropout: dropout before the head's last layer.
+        stem_stride: 2 runs the stem at half resolution (about 3x cheaper; the maps are upsampled at the end).
+        local_contrast: side of the box filter whose output is subtracted from the image to make a second,
+            illumination-free input channel (0: off). Lighting varies a lot between shots of one part; local
+            contrast is what a defect changes.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        width: int = 16,
+        depth: int = 4,
+        dropout: float = 0.2,
+        stem_stride: int = 2,
+        local_contrast: int = 31,
+    ) -> None:
+        super().__init__(in_channels, num_classes, width, depth)
+        self.stem_stride = stem_stride
+        self.local_contrast = local_contrast
+        c0 = max(4, width // 2)  # as UNetSmall's stem
+        self.stem = ConvBNReLU(in_channels * (2 if local_contrast else 1), c0, stride=stem_stride)
+        deep = width * 2 ** (depth - 1)
+        mid = width * 2 ** max(0, depth - 2)
+        feats = 2 * deep + 2 * mid + 2 * (num_classes - 1)
+        self.image_head = nn.Sequential(
+            nn.Linear(feats, 64), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(64, num_classes)
+        )
+
+    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(segmentation logits N x C x H x W, image logits N x C)."""
+        inp = x
+        if self.local_contrast:
+            k = self.local_contrast
+            blur = F.avg_pool2d(x, (k, 1), stride=1, padding=(k // 2, 0), count_include_pad=False)
+            blur = F.avg_pool2d(blur, (1, k), stride=1, padding=(0, k // 2), count_include_pad=False)
+            inp = torch.cat([x, 4.0 * (x - blur)], dim=1)
+        skips = [self.stem(inp)]
+        for stage in self.down:
+            skips.append(stage(skips[-1]))
+        deep, mid = skips[-1], skips[-2]
+        y = skips.pop()
+        for reduce, refine in zip(self.reduce, self.refine, strict=True):
+            skip = skips.pop()
+            y = F.interpolate(reduce(y), size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = refine(F.relu(y + skip))
+        seg: torch.Tensor = self.head(y)
+        if self.stem_stride != 1:  # a Python condition: exported graphs must not branch on shapes
+            seg = F.interpolate(seg, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        margin = seg[:, 1:] - seg[:, :1]
+        pooled = torch.cat(
+            [
+                deep.amax(dim=(2, 3)),
+                deep.mean(dim=(2, 3)),
+                mid.amax(dim=(2, 3)),
+                mid.mean(dim=(2, 3)),
+                margin.amax(dim=(2, 3)),
+                margin.mean(dim=(2, 3)),
+            ],
+            dim=1,
+        )
+        return seg, self.image_head(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits only (the plain segmentation interface)."""
+        return self.forward_both(x)[0]
+
+
+class StationModel(nn.Module):
+    """What the station runs: flip-averaged, gated probability maps and image-level probabilities.
+
+    Args:
+        net: a :class:`DefectNet`.
+        tta: average over identity, horizontal, vertical and both flips.
+    """
+
+    def __init__(self, net: DefectNet, tta: bool = True) -> None:
+        super().__init__()
+        self.net = net
+        self.tta = tta
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probs N x C x H x W, image_probs N x C)."""
+        flips: list[list[int]] = [[], [3], [2], [2, 3]] if self.tta else [[]]
+        seg_sum: torch.Tensor | None = None
+        img_sum: torch.Tensor | None = None
+        for dims in flips:
+            x = image.flip(dims) if dims else image
+            seg, img = self.net.forward_both(x)
+            s = seg.softmax(dim=1)
+            s = s.flip(dims) if dims else s
+            p = img.softmax(dim=1)
+            seg_sum = s if seg_sum is None else seg_sum + s
+            img_sum = p if img_sum is None else img_sum + p
+        assert seg_sum is not None and img_sum is not None
+        seg_p = seg_sum / len(flips)
+        img_p = img_sum / len(flips)
+        defect = seg_p[:, 1:]
+        peak = defect.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
+        # each defect class keeps its share of the map; the map's peak becomes the image score
+        scale = img_p[:, 1:].amax(dim=1).reshape(-1, 1, 1, 1) / peak
+        gated = defect * scale
+        good = (1.0 - gated.sum(dim=1, keepdim=True)).clamp(min=0.0)
+        return torch.cat([good, gated], dim=1), img_p
+
+
+# -- data ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pool:
+    """Images and masks in memory at the training size.
+
+    Attributes:
+        images: H x W uint8 images.
+        masks: H x W uint8 class-index masks.
+        names: file names (for reports).
+        groups: group keys.
+    """
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    names: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+
+    def labels(self) -> np.ndarray:
+        """1 for images with defect pixels."""
+        return np.array([int(m.any()) for m in self.masks], np.int64)
+
+    def image_class(self) -> np.ndarray:
+        """Per image, its most frequent defect class (0 = good)."""
+        out = []
+        for m in self.masks:
+            counts = np.bincount(m.ravel())
+            counts[0] = 0
+            out.append(int(counts.argmax()) if counts.sum() else 0)
+        return np.array(out, np.int64)
+
+
+def augmentation(
+    preset: str = "default",
+) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """albumentations pipeline for image + mask: flips, 90° turns, small affine, lighting, gamma, noise.
+
+    Args:
+        preset: "light" (flips and lighting) or "default" / "heavy" (adds affine, gamma, blur, noise).
+    """
+    A = _albumentations()
+    strength = {"light": 0.5, "default": 1.0, "heavy": 1.5}[preset]
+    ops: list[Any] = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+    if preset != "light":
+        ops.append(
+            A.Affine(
+                scale=(1 - 0.1 * strength, 1 + 0.1 * strength),
+                translate_percent=(-0.05 * strength, 0.05 * strength),
+                rotate=(-10 * strength, 10 * strength),
+                border_mode=4,
+                p=0.6,
+            )
+        )
+    ops += [
+        A.RandomBrightnessContrast(brightness_limit=0.2 * strength, contrast_limit=0.2 * strength, p=0.8),
+        A.RandomGamma(gamma_limit=(80, 120), p=0.4),
+    ]
+    if preset != "light":
+        ops += [A.GaussianBlur(blur_limit=(3, 3), p=0.15), A.GaussNoise(std_range=(0.0, 0.03), p=0.25)]
+    pipeline = A.Compose(ops)
+
+    def apply(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = pipeline(image=image, mask=mask)
+        return out["image"], out["mask"]
+
+    return apply
+
+
+class BatchMaker:
+    """Draws class-balanced, augmented training batches (and synthetic anomalies in good-only mode).
+
+    Args:
+        pool: the training images.
+        batch_size: images per batch.
+        defect_share: share of each batch drawn from defective images (real or synthetic).
+        synthetic: make the defective share by drawing anomalies onto good images (good-only mode).
+        synthetic_share: in supervised mode, share of the defective draws made synthetic (class 1).
+        preset: augmentation preset.
+        seed: random seed.
+        mean: normalisation mean.
+        std: normalisation std.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        batch_size: int,
+        *,
+        defect_share: float = 0.5,
+        synthetic: bool = False,
+        synthetic_share: float = 0.0,
+        preset: str = "default",
+        seed: int = 0,
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.25,),
+    ) -> None:
+        self.pool = pool
+        self.batch_size = batch_size
+        self.defect_share = defect_share
+        self.synthetic = synthetic
+        self.synthetic_share = synthetic_share
+        self.rng = np.random.default_rng(seed)
+        self.aug = augmentation(preset)
+        self.mean, self.std = tuple(mean), tuple(std)
+        labels = pool.labels()
+        self.good = np.flatnonzero(labels == 0)
+        self.bad = np.flatnonzero(labels == 1)
+        if len(self.good) == 0 or (not synthetic and len(self.bad) == 0):
+            raise TrainingError(
+                f"need good and defective training images, got {len(self.good)} good, "
+                f"{len(self.bad)} defective"
+                + ("" if synthetic else "; use good-only mode for a set without defects")
+            )
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images N x 1 x H x W, masks N x H x W long)."""
+        xs, ms = [], []
+        for _ in range(self.batch_size):
+            want_bad = self.rng.random() < self.defect_share
+            if self.synthetic:
+                i = int(self.rng.choice(self.good))
+                img, mask = self.aug(self.pool.images[i], self.pool.masks[i])
+                if want_bad:
+                    others = [self.pool.images[int(j)] for j in self.rng.choice(self.good, 2)]
+                    img, drawn = synthesize_anomaly(img, others, self.rng)
+                    mask = drawn.astype(np.uint8)
+            elif want_bad and self.rng.random() < self.synthetic_share:
+                # a synthetic anomaly on a real good image: cheap extra "defects" that teach the network
+                # that a local irregularity is what matters, not the lighting or the tile's shape
+                i = int(self.rng.choice(self.good))
+                img, mask = self.aug(self.pool.images[i], self.pool.masks[i])
+                others = [self.pool.images[int(j)] for j in self.rng.choice(self.good, 2)]
+                img, drawn = synthesize_anomaly(img, others, self.rng)
+                mask = drawn.astype(np.uint8)
+            else:
+                i = int(self.rng.choice(self.bad if want_bad else self.good))
+                img, mask = self.aug(self.pool.images[i], self.pool.masks[i])
+            xs.append(normalise(img, self.mean, self.std))
+            ms.append(torch.from_numpy(np.ascontiguousarray(mask)).long())
+        return torch.stack(xs), torch.stack(ms)
+
+
+def synthetic_validation(pool: Pool, seed: int) -> Pool:
+    """Good-only validation: every good image as is, plus a copy with a seeded synthetic anomaly."""
+    rng = np.random.default_rng(seed)
+    images, masks, names = list(pool.images), list(pool.masks), list(pool.names)
+    for k, img in enumerate(pool.images):
+        others = [pool.images[(k + 1) % len(pool.images)]]
+        out, drawn = synthesize_anomaly(img, others, rng)
+        images.append(out)
+        masks.append(drawn.astype(np.uint8))
+        names.append(f"synthetic:{pool.names[k] if pool.names else k}")
+    return Pool(images, masks, names, list(pool.groups) * 2)
+
+
+# -- training -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DefectTrainConfig:
+    """Options of :func:`train_defect_net` (stored in the checkpoint).
+
+    Attributes:
+        classes: class names, index 0 = good.
+        width: U-Net width.
+        depth: U-Net depth.
+        size: square training/input side.
+        batch_size: images per step.
+        lr: AdamW peak learning rate (warm-up, then cosine to 2 % over the run).
+        weight_decay: AdamW weight decay.
+        time_budget_min: stop at this wall time (minutes); the schedule is laid out over it.
+        max_epochs: stop after this many epochs (an epoch = as many images as the training set).
+        image_loss_weight: weight of the image-level cross-entropy next to the pixel CE + Dice.
+        defect_share: share of defective images in a batch.
+        synthetic: good-only mode.
+        synthetic_share: supervised mode with one defect class: share of the defective draws that are
+            synthetic anomalies on good training images (auxiliary, DRAEM-style).
+        preset: augmentation preset.
+        tta: flip test-time augmentation in validation and export.
+        seed: seed.
+        num_threads: torch threads (None: all cores).
+    """
+
+    classes: tuple[str, ...]
+    width: int = 16
+    depth: int = 4
+    size: int = 224
+    batch_size: int = 12
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    time_budget_min: float = 35.0
+    max_epochs: int = 200
+    image_loss_weight: float = 1.0
+    defect_share: float = 0.5
+    synthetic: bool = False
+    synthetic_share: float = 0.5
+    preset: str = "default"
+    tta: bool = True
+    seed: int = 0
+    num_threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        return d
+
+
+@dataclass
+class DefectFitResult:
+    """Outcome of :func:`train_defect_net`: the best network, its validation scores and the history."""
+
+    net: DefectNet
+    best_epoch: int
+    best_auroc: float
+    epochs_run: int
+    seconds: float
+    history: list[dict[str, float]]
+    stopped_by: str
+
+
+@torch.no_grad()
+def predict_pool(
+    model: nn.Module,
+    pool: Pool,
+    *,
+    batch_size: int = 16,
+    mean: Sequence[float] = (0.5,),
+    std: Sequence[float] = (0.25,),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run a :class:`StationModel` over a pool: (N x C image probabilities, N x C map maxima)."""
+    model.eval()
+    heads, maxima = [], []
+    for i in range(0, len(pool.images), batch_size):
+        x = torch.stack([normalise(im, mean, std) for im in pool.images[i : i + batch_size]])
+        probs, img = model(x)
+        heads.append(img.numpy())
+        maxima.append(probs.amax(dim=(2, 3)).numpy())
+    return np.concatenate(heads), np.concatenate(maxima)
+
+
+def train_defect_net(
+    train: Pool, val: Pool, config: DefectTrainConfig, out_dir: str | Path
+) -> DefectFitResult:
+    """Train a :class:`DefectNet` within a time budget; keep the epoch with the best validation image AUROC.
+
+    Args:
+        train: training images (defective and good; good only in synthetic mode).
+        val: validation images with real (or, in good-only mode, synthetic) defects.
+        config: options.
+        out_dir: where ``best.pt``, ``last.pt`` and ``log.csv`` go.
+
+    Returns:
+        The best network (eval mode) and the run's history.
+
+    Raises:
+        TrainingError: empty sets, validation without both classes, or a diverging loss.
+    """
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    threads = config.num_threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    val_y = val.labels()
+    if len(val_y) == 0 or val_y.min() == val_y.max():
+        raise TrainingError("validation needs good and defective images to measure the image AUROC")
+    c = len(config.classes)
+    net = DefectNet(1, c, config.width, config.depth)
+    # the epoch monitor runs without flips (4x cheaper); the exported model and calibration use them
+    monitor = StationModel(net, tta=False)
+    maker = BatchMaker(
+        train,
+        config.batch_size,
+        defect_share=config.defect_share,
+        synthetic=config.synthetic,
+        synthetic_share=config.synthetic_share if len(config.classes) == 2 else 0.0,
+        preset=config.preset,
+        seed=config.seed,
+    )
+    steps_per_epoch = max(1, len(train.images) // config.batch_size)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    budget = config.time_budget_min * 60.0
+    total_steps = config.max_epochs * steps_per_epoch
+    warmup = min(100, total_steps // 10 + 1)
+    pixels = np.bincount(np.concatenate([m.ravel() for m in train.masks]), minlength=c)[:c].astype(np.float64)
+    if config.synthetic:
+        pixels[1:] = max(1.0, pixels[0] * 0.01)
+    weights = np.clip(np.sqrt(pixels[0] / np.maximum(pixels, 1.0)), 1.0, 10.0)
+    ce_w = torch.tensor(weights, dtype=torch.float32)
+    log.info(
+        "DefectNet w%d d%d at %dx%d: %d train / %d val images, %d steps/epoch, budget %.1f min, %d threads, "
+        "pixel CE weights %s",
+        config.width,
+        config.depth,
+        config.size,
+        config.size,
+        len(train.images),
+        len(val.images),
+        steps_per_epoch,
+        config.time_budget_min,
+        threads,
+        np.round(weights, 2).tolist(),
+    )
+    history: list[dict[str, float]] = []
+    best_auc, best_epoch, step = -1.0, 0, 0
+    stopped_by = "max_epochs"
+    best_path = out / "best.pt"
+    epoch_seconds = 0.0
+    epoch = 0
+    for epoch in range(1, config.max_epochs + 1):
+        t0 = time.perf_counter()
+        net.train()
+        loss_sum = 0.0
+        for _ in range(steps_per_epoch):
+            elapsed = time.perf_counter() - t_start
+            progress = max(step / total_steps, elapsed / budget)
+            lr_scale = (
+                (step + 1) / warmup
+                if step < warmup
+                else 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+            )
+            for g in opt.param_groups:
+                g["lr"] = config.lr * lr_scale
+            x, m = maker()
+            seg, img = net.forward_both(x)
+            y_img = torch.from_numpy(
+                np.array(
+                    [
+                        int(np.bincount(mm.ravel().numpy(), minlength=c)[1:].argmax()) + 1 if mm.any() else 0
+                        for mm in m
+                    ]
+                )
+            )
+            ce = F.cross_entropy(seg, m, weight=ce_w)
+            probs = seg.softmax(dim=1)[:, 1:]
+            onehot = F.one_hot(m, c).permute(0, 3, 1, 2)[:, 1:].float()
+            inter = (probs * onehot).sum((0, 2, 3))
+            dice = 1 - ((2 * inter + 1) / (probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1)).mean()
+            loss = ce + dice + config.image_loss_weight * F.cross_entropy(img, y_img)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at epoch {epoch}; lower the lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            step += 1
+            loss_sum += float(loss.item())
+        heads, _ = predict_pool(monitor, val)
+        score = heads[:, 1:].max(axis=1)
+        auc = auroc(score, val_y)
+        epoch_seconds = time.perf_counter() - t0
+        row = {
+            "epoch": epoch,
+            "lr": config.lr * lr_scale,
+            "train_loss": loss_sum / steps_per_epoch,
+            "val_auroc": auc,
+            "seconds": epoch_seconds,
+        }
+        history.append(row)
+        improved = auc > best_auc
+        if improved:
+            best_auc, best_epoch = auc, epoch
+            torch.save({"config": config.to_dict(), "epoch": epoch, "model": net.state_dict()}, best_path)
+        _append(out / "log.csv", row)
+        log.info(
+            "epoch %d  loss %.4f  val image AUROC %.4f  %.0fs (total %.1f min)%s",
+            epoch,
+            row["train_loss"],
+            auc,
+            epoch_seconds,
+            (time.perf_counter() - t_start) / 60,
+            "  *best*" if improved else "",
+        )
+        if time.perf_counter() - t_start + epoch_seconds > budget:
+            stopped_by = "time_budget"
+            break
+    torch.save({"config": config.to_dict(), "epoch": epoch, "model": net.state_dict()}, out / "last.pt")
+    best = DefectNet(1, c, config.width, config.depth)
+    best.load_state_dict(torch.load(best_path, weights_only=True)["model"])
+    best.eval()
+    return DefectFitResult(
+        best, best_epoch, best_auc, epoch, time.perf_counter() - t_start, history, stopped_by
+    )
+
+
+def _append(path: Path, row: dict[str, float]) -> None:
+    new = not path.exists()
+    with path.open("a", encoding="utf-8") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(f"{v:.6g}" for v in row.values()) + "\n")

@@ -1,0 +1,167 @@
+"""DefectNet with its image head: a few steps, export with image_scores, same verdicts in the station."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qcstation.inspect.card import InputSpec, ModelCard, OutputSpec
+from qcstation.inspect.detector import Detector
+from qcstation.training.anomaly import smooth_noise_mask, synthesize_anomaly
+from qcstation.training.data import MaskFoldersReader
+from qcstation.training.defectnet import (
+    DefectNet,
+    DefectTrainConfig,
+    Pool,
+    StationModel,
+    predict_pool,
+    synthetic_validation,
+    train_defect_net,
+)
+from qcstation.training.export import export_onnx
+
+pytestmark = [pytest.mark.train, pytest.mark.slow]
+
+
+def tiny_pool(n: int, size: int, seed: int) -> Pool:
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for k in range(n):
+        img = np.clip(rng.normal(150, 8, (size, size)), 0, 255).astype(np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        if k % 2:
+            y, x = rng.integers(6, size - 6, 2)
+            img[y - 3 : y + 3, x - 3 : x + 3] = 40
+            mask[y - 3 : y + 3, x - 3 : x + 3] = 1
+        images.append(img)
+        masks.append(mask)
+    return Pool(images, masks, [f"img{k}" for k in range(n)])
+
+
+def test_gated_maps_peak_at_the_image_score() -> None:
+    torch.manual_seed(0)
+    model = StationModel(DefectNet(1, 3, width=8, depth=2), tta=True).eval()
+    with torch.no_grad():
+        probs, img = model(torch.randn(2, 1, 32, 32))
+    assert probs.shape == (2, 3, 32, 32) and img.shape == (2, 3)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(2, 32, 32))
+    torch.testing.assert_close(probs[:, 1:].amax(dim=(1, 2, 3)), img[:, 1:].amax(dim=1))
+
+
+def test_few_steps_export_and_station_verdicts_match_torch(tmp_path: Path) -> None:
+    train, val = tiny_pool(16, 32, 0), tiny_pool(8, 32, 1)
+    config = DefectTrainConfig(
+        classes=("good", "defect"),
+        width=8,
+        depth=2,
+        size=32,
+        batch_size=4,
+        max_epochs=2,
+        seed=0,
+        num_threads=1,
+    )
+    fit = train_defect_net(train, val, config, tmp_path / "ckpt")
+    assert fit.epochs_run == 2 and (tmp_path / "ckpt" / "best.pt").is_file()
+    model = StationModel(fit.net).eval()
+    heads, _ = predict_pool(model, val)
+    thr = float(np.median(heads[:, 1]))
+    card = ModelCard(
+        name="tiny",
+        version="1",
+        classes=("good", "defect"),
+        input=InputSpec("image", 32, 32, 1, "GRAY", (0.5,), (0.25,)),
+        output=OutputSpec("probs", image_scores="image_probs"),
+        thresholds={"defect": thr},
+    )
+    report = export_onnx(model, card, tmp_path / "tiny.onnx")
+    assert report.max_abs_diff < 1e-4
+    det = Detector.from_path(tmp_path / "tiny.onnx")
+    for k, image in enumerate(val.images):
+        insp = det.inspect(image)
+        assert insp.image_score == pytest.approx(float(heads[k, 1]), abs=1e-4)
+        assert bool(insp.regions) == (heads[k, 1] >= thr)
+
+
+def test_synthetic_anomaly_mask_is_exactly_what_was_drawn() -> None:
+    rng = np.random.default_rng(3)
+    base = np.clip(rng.normal(120, 15, (64, 80)), 0, 255).astype(np.uint8)
+    other = np.clip(rng.normal(60, 30, (50, 50)), 0, 255).astype(np.uint8)
+    for _ in range(30):
+        out, mask = synthesize_anomaly(base, [other], rng)
+        assert out.shape == base.shape and mask.shape == base.shape and mask.dtype == bool
+        assert mask.any()
+        np.testing.assert_array_equal(out != base, mask)
+
+
+def test_noise_mask_is_irregular_and_bounded() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        m = smooth_noise_mask((96, 96), rng)
+        assert 0 < m.mean() <= 0.2
+
+
+def test_good_only_validation_pairs_every_good_image_with_an_anomaly() -> None:
+    pool = tiny_pool(6, 32, 2)
+    good = Pool([i for i, m in zip(pool.images, pool.masks, strict=True) if not m.any()], [], [])
+    good.masks = [np.zeros_like(i) for i in good.images]
+    val = synthetic_validation(good, 0)
+    assert val.labels().tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def make_spots_dataset(root: Path, size: int = 40) -> Path:
+    """MT-like folders: MT_Free and MT_Spot (a dark square), one tile per num_ id 1000 apart, split.json."""
+    import cv2
+
+    rng = np.random.default_rng(7)
+    split: dict[str, list[str]] = {"train": [], "test": []}
+    for folder in ("MT_Free", "MT_Spot"):
+        d = root / folder / "Imgs"
+        d.mkdir(parents=True)
+        for k in range(12):
+            img = np.clip(rng.normal(150, 8, (size, size + 8)), 0, 255).astype(np.uint8)
+            mask = np.zeros(img.shape, np.uint8)
+            if folder == "MT_Spot":
+                y, x = rng.integers(8, size - 8, 2)
+                img[y - 4 : y + 4, x - 4 : x + 4] = 40
+                mask[y - 4 : y + 4, x - 4 : x + 4] = 255
+            stem = f"exp1_num_{k * 1000 + (500 if folder == 'MT_Spot' else 0)}"
+            cv2.imwrite(str(d / f"{stem}.png"), mask)
+            cv2.imwrite(str(d / f"{stem}.jpg"), img)
+            split["test" if k >= 9 else "train"].append(f"{folder}/Imgs/{stem}.jpg")
+    (root / "split.json").write_text(json.dumps(split))
+    return root
+
+
+def test_train_main_on_a_tiny_mask_folders_dataset(tmp_path: Path) -> None:
+    from qcstation.training.api import train_main
+
+    root = make_spots_dataset(tmp_path / "data")
+    for mode in ("supervised", "good_only"):
+        out = tmp_path / f"{mode}.onnx"
+        result = train_main(
+            root,
+            out,
+            mode=mode,
+            epochs=1,
+            size=32,
+            width=8,
+            batch_size=4,
+            val_fraction=0.4,  # type: ignore[arg-type]
+            seed=1,
+            num_threads=1,
+            work_dir=tmp_path / mode,
+        )
+        det = Detector.from_path(out)
+        prov = det.card.provenance
+        assert len(prov["dataset_sha256"]) == 64 and prov["split"]["file"] == "split.json"
+        assert prov["metrics"]["test"]["images"] == 6 and "image_auroc" in prov["metrics"]["test"]
+        assert det.card.output.image_scores == "image_probs" and det.card.good_scores["count"] >= 1
+        assert det.card.classes == (("good", "defect") if mode == "supervised" else ("good", "anomaly"))
+        summary = json.loads((tmp_path / mode / "summary.json").read_text())
+        assert summary["model"] == result["model"] == str(out)
+        image = MaskFoldersReader.open(root).load()[0].image
+        assert 0.0 <= det.inspect(image).image_score <= 1.0
