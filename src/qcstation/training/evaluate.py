@@ -115,3 +115,246 @@ def evaluate_folder(model: str | Path | Detector, folder: str | Path) -> FolderE
         result.misses,
     )
     return result
+
+
+# -- image-level evaluation of a mask-folders split through the station's Detector -------------------------
+
+FRR_POINTS = (0.01, 0.02, 0.05)
+
+
+def evaluate_main(
+    model: str | Path,
+    dataset: str | Path,
+    *,
+    split: str | None = "test",
+    out_dir: str | Path | None = None,
+    figures_dir: str | Path | None = None,
+    worst: int = 12,
+) -> dict[str, Any]:
+    """Evaluate an exported model on one side of a mask-folders dataset, exactly as the station scores it.
+
+    Every image goes through :meth:`qcstation.inspect.Detector.inspect` at its native size; the image score
+    is the detector's ``image_score`` and a region is what the detector reports at the card's thresholds.
+
+    Args:
+        model: the ``.onnx`` file.
+        dataset: the dataset folder (or its name under ``$QCSTATION_DATASETS``).
+        split: the ``split.json`` side to evaluate (None: every image).
+        out_dir: where ``report.md``, ``metrics.json``, ``scores.csv``, the plots and the worst-misses grid
+            go (default: a new temporary folder).
+        figures_dir: where the plots go (default: ``out_dir``); the worst-misses grid (it shows dataset
+            images) always stays in ``out_dir``.
+        worst: defective images with the lowest scores to show in the grid.
+
+    Returns:
+        ``{"metrics": {...}, "report": path of report.md, "rows": per-image rows}``.
+
+    Raises:
+        DatasetError: no image on that side, or no good or no defective image among them.
+    """
+    import json
+    import tempfile
+
+    from qcstation.training.api import resolve_dataset
+    from qcstation.training.data import MaskFoldersReader
+    from qcstation.training.metrics import (
+        auroc,
+        average_precision,
+        pixel_ap_iou,
+        pr_curve,
+        recall_at_frr,
+        roc_curve,
+    )
+    from qcstation.training.plots import histogram_plot, line_plot, overlay_grid
+
+    det = Detector.from_path(model)
+    reader = MaskFoldersReader.open(resolve_dataset(dataset))
+    samples = [s for s in reader.samples() if split is None or reader.split_of(s) == split]
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="qcstation-eval-"))
+    figs = Path(figures_dir) if figures_dir is not None else out
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = reader.load(None, samples)
+    if not loaded:
+        raise DatasetError(f"{reader.root}: no readable images on split side {split!r}")
+    thr = max(det.thresholds().values())
+    rows: list[dict[str, Any]] = []
+    hist_pos: dict[str, np.ndarray] = {}
+    hist_neg = np.zeros(256, np.int64)
+    regions_hit: dict[str, list[int]] = {}
+    images_hit: dict[str, list[int]] = {}
+    maps: dict[str, np.ndarray] = {}
+    times: list[float] = []
+    for s in loaded:
+        insp = det.inspect(s.image)
+        times.append(sum(insp.timings_ms.values()))
+        dmap = insp.defect_map
+        assert dmap is not None
+        truth = s.mask > 0
+        small = cv2.resize(
+            truth.astype(np.uint8), (dmap.shape[1], dmap.shape[0]), interpolation=cv2.INTER_NEAREST
+        )
+        cls = s.source_class
+        hist_neg += np.bincount(dmap[small == 0].ravel(), minlength=256)
+        if cls != "good":
+            hist_pos.setdefault(cls, np.zeros(256, np.int64))
+            hist_pos[cls] += np.bincount(dmap[small > 0].ravel(), minlength=256)
+            pred = cv2.resize(dmap, (s.image.shape[1], s.image.shape[0]), interpolation=cv2.INTER_LINEAR)
+            pred_bin = pred >= thr * 255.0
+            n, labels = cv2.connectedComponents(truth.astype(np.uint8))
+            rh = regions_hit.setdefault(cls, [0, 0])
+            for k in range(1, n):
+                rh[1] += 1
+                rh[0] += int(pred_bin[labels == k].any())
+            ih = images_hit.setdefault(cls, [0, 0])
+            ih[1] += 1
+            ih[0] += int(bool(insp.regions))
+            maps[s.sample.image.name] = dmap
+        rows.append(
+            {
+                "file": str(s.sample.image.relative_to(reader.root)),
+                "class": cls,
+                "defective": int(cls != "good"),
+                "score": insp.image_score,
+                "verdict": "FAIL" if insp.regions else "PASS",
+            }
+        )
+    y = np.array([r["defective"] for r in rows])
+    score = np.array([r["score"] for r in rows], np.float64)
+    if y.min() == y.max():
+        raise DatasetError(f"split side {split!r} needs good and defective images for image-level figures")
+    recall = {f"{int(f * 100)}%": round(recall_at_frr(score, y, f)[0], 4) for f in FRR_POINTS}
+    pixel: dict[str, dict[str, float | None]] = {}
+    all_pos = sum(hist_pos.values(), np.zeros(256, np.int64))
+    tbin = int(np.ceil(thr * 255.0))
+    for cls, hp in [("all", all_pos), *sorted(hist_pos.items())]:
+        ap, iou = pixel_ap_iou(hp, hist_neg, tbin)
+        pixel[cls] = {"ap": _r4(ap), "iou": _r4(iou)}
+    verdict_bad = np.array([r["verdict"] == "FAIL" for r in rows])
+    metrics: dict[str, Any] = {
+        "split": split,
+        "images": len(rows),
+        "defective_images": int(y.sum()),
+        "image_auroc": round(auroc(score, y), 4),
+        "image_ap": round(average_precision(score, y), 4),
+        "recall_at_frr": recall,
+        "at_card_threshold": {
+            "threshold": round(thr, 6),
+            "recall": round(float(verdict_bad[y == 1].mean()), 4),
+            "false_reject_rate": round(float(verdict_bad[y == 0].mean()), 4),
+        },
+        "per_class": {
+            c: {
+                "images": images_hit[c][1],
+                "image_recall": round(images_hit[c][0] / images_hit[c][1], 4),
+                "regions": regions_hit[c][1],
+                "region_recall": round(regions_hit[c][0] / max(1, regions_hit[c][1]), 4),
+                "image_auroc_vs_good": round(
+                    auroc(
+                        score[(y == 0) | (np.array([r["class"] for r in rows]) == c)],
+                        y[(y == 0) | (np.array([r["class"] for r in rows]) == c)],
+                    ),
+                    4,
+                ),
+            }
+            for c in sorted(images_hit)
+        },
+        "pixel": pixel,
+        "latency_ms_median": round(float(np.median(times)), 2),
+        "model": det.card.name,
+        "model_sha256": det.info.sha256,
+    }
+    fpr, tpr, _ = roc_curve(score, y)
+    rec, prec = pr_curve(score, y)
+    tag = det.card.name
+    plots = {
+        "roc": line_plot(
+            figs / f"{tag}-roc.png",
+            [(f"AUROC {metrics['image_auroc']:.3f}", fpr, tpr)],
+            title=f"{tag}: ROC ({split})",
+            xlabel="false-reject rate",
+            ylabel="recall",
+            diagonal=True,
+        ),
+        "pr": line_plot(
+            figs / f"{tag}-pr.png",
+            [(f"AP {metrics['image_ap']:.3f}", rec, prec)],
+            title=f"{tag}: precision-recall ({split})",
+            xlabel="recall",
+            ylabel="precision",
+        ),
+        "hist": histogram_plot(
+            figs / f"{tag}-scores.png",
+            [("good", score[y == 0]), ("defective", score[y == 1])],
+            title=f"{tag}: image scores ({split})",
+            marker=thr,
+        ),
+    }
+    misses = sorted((r for r in rows if r["defective"]), key=lambda r: r["score"])[:worst]
+    by_name = {s.sample.image.name: s for s in loaded}
+    tiles = []
+    for r in misses:
+        s = by_name[Path(r["file"]).name]
+        tiles.append((s.image, s.mask > 0, maps[s.sample.image.name], f"{s.source_class} {r['score']:.3f}"))
+    grid = overlay_grid(out / f"{tag}-worst-misses.png", tiles)
+    with (out / "scores.csv").open("w", encoding="utf-8") as f:
+        f.write("file,class,defective,score,verdict\n")
+        for r in rows:
+            f.write(f"{r['file']},{r['class']},{r['defective']},{r['score']:.6f},{r['verdict']}\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    report = out / "report.md"
+    report.write_text(_markdown(metrics, plots, grid, misses, out), encoding="utf-8")
+    log.info("evaluation of %s on %s/%s: %s", model, reader.root, split, json.dumps(metrics))
+    return {
+        "metrics": metrics,
+        "report": report,
+        "rows": rows,
+        "plots": {k: str(v) for k, v in plots.items()},
+    }
+
+
+def _r4(x: float) -> float | None:
+    return None if x != x else round(float(x), 4)
+
+
+def _markdown(
+    m: dict[str, Any], plots: dict[str, Path], grid: Path, misses: list[dict[str, Any]], out: Path
+) -> str:
+    def rel(p: Path) -> str:
+        try:
+            return str(p.relative_to(out))
+        except ValueError:
+            return str(p)
+
+    lines = [
+        f"# Evaluation of {m['model']} on split {m['split']}",
+        "",
+        f"{m['images']} images, {m['defective_images']} defective; station scores (Detector.inspect).",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| image AUROC | {m['image_auroc']} |",
+        f"| image AP | {m['image_ap']} |",
+        *[f"| recall at {k} false rejects | {v} |" for k, v in m["recall_at_frr"].items()],
+        f"| at the card threshold {m['at_card_threshold']['threshold']} | "
+        f"recall {m['at_card_threshold']['recall']}, "
+        f"false rejects {m['at_card_threshold']['false_reject_rate']} |",
+        f"| median latency | {m['latency_ms_median']} ms |",
+        "",
+        "| defect class | images | image recall | regions | region recall | AUROC vs good | pixel AP "
+        "| pixel IoU |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {c} | {v['images']} | {v['image_recall']} | {v['regions']} | {v['region_recall']} | "
+            f"{v['image_auroc_vs_good']} | {m['pixel'][c]['ap']} | {m['pixel'][c]['iou']} |"
+            for c, v in m["per_class"].items()
+        ],
+        f"| all | {m['defective_images']} | {m['at_card_threshold']['recall']} | | | {m['image_auroc']} | "
+        f"{m['pixel']['all']['ap']} | {m['pixel']['all']['iou']} |",
+        "",
+        f"![ROC]({rel(plots['roc'])}) ![PR]({rel(plots['pr'])}) ![scores]({rel(plots['hist'])})",
+        "",
+        f"Worst misses (lowest-scored defective; green: true mask, red: defect map): ![misses]({rel(grid)})",
+        "",
+        *[f"- {r['file']}: {r['score']:.4f}" for r in misses],
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,351 @@
+"""Entry points for the CLI: ``train_main``, ``evaluate_main`` and ``dataset_info``.
+
+``train_main`` is the whole small-data recipe for a mask-folders dataset (e.g. magnetic tile): read, split
+(``split.json`` when present, then a grouped validation split carved out of the training side), train a
+:class:`~qcstation.training.defectnet.DefectNet` within a time budget, calibrate on validation for a
+target false-reject rate, export the ONNX with its card, and evaluate it on the test side through the
+station's :class:`~qcstation.inspect.Detector`. Test figures are reported and written into the card's
+provenance; nothing is ever chosen on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+
+from qcstation.inspect.card import InferenceSpec, InputSpec, ModelCard, OutputSpec
+from qcstation.training.calibrate import summarise
+from qcstation.training.data import (
+    SPLIT_FILE,
+    LoadedSample,
+    MaskFoldersReader,
+    check_leaks,
+    dhash,
+    split_by_group,
+)
+from qcstation.training.defectnet import (
+    DefectTrainConfig,
+    Pool,
+    StationModel,
+    predict_pool,
+    synthetic_validation,
+    train_defect_net,
+)
+from qcstation.training.errors import DatasetError
+from qcstation.training.export import export_onnx, write_card
+from qcstation.training.metrics import auroc, recall_at_frr, threshold_at_frr
+from qcstation.training.train import code_version
+
+log = logging.getLogger(__name__)
+
+DATASETS_ENV = "QCSTATION_DATASETS"
+DEFAULT_DATASETS = "../shared/datasets"
+MEAN = (0.5,)
+STD = (0.25,)
+
+Mode = Literal["supervised", "good_only"]
+
+
+def resolve_dataset(dataset: str | Path) -> Path:
+    """A dataset folder: the path itself when it exists, else ``$QCSTATION_DATASETS/<dataset>``.
+
+    ``QCSTATION_DATASETS`` defaults to ``../shared/datasets``.
+
+    Raises:
+        DatasetError: neither exists.
+    """
+    p = Path(dataset)
+    if p.is_dir():
+        return p
+    base = Path(os.environ.get(DATASETS_ENV, DEFAULT_DATASETS))
+    if (base / p).is_dir():
+        return base / p
+    raise DatasetError(f"dataset {dataset!r} not found (as a path, nor under {DATASETS_ENV}={base})")
+
+
+def files_sha256(paths: Sequence[Path], root: Path) -> str:
+    """sha256 over the sorted relative paths and the bytes of the given files."""
+    h = hashlib.sha256()
+    for p in sorted(paths, key=lambda q: q.relative_to(root).as_posix()):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _open(dataset: str | Path, layout: str | None, merge: str | None) -> MaskFoldersReader:
+    root = resolve_dataset(dataset)
+    if layout not in (None, MaskFoldersReader.layout):
+        raise DatasetError(
+            f"train_main/evaluate_main read the {MaskFoldersReader.layout!r} layout; for {layout!r} use "
+            "qcstation.training.train.train_dataset"
+        )
+    return MaskFoldersReader.open(root, merge=merge)
+
+
+def dataset_info(dataset: str | Path, *, layout: str | None = None) -> dict[str, Any]:
+    """Counts per class and split side, image sizes, label coverage, groups, problems and leak warnings.
+
+    Args:
+        dataset: a dataset folder, or a name under ``$QCSTATION_DATASETS``.
+        layout: the layout (default: mask_folders, inferred).
+
+    Returns:
+        A JSON-ready report; ``report["markdown"]`` is a printable summary.
+    """
+    reader = _open(dataset, layout, None)
+    samples = reader.samples()
+    if not samples:
+        raise DatasetError(f"dataset {reader.root} is empty: no images found")
+    loaded = reader.load(None, samples)
+    per_class = Counter(s.source_class for s in loaded)
+    per_side = Counter(f"{s.split or 'unsplit'}/{s.source_class}" for s in loaded)
+    widths = [s.image.shape[1] for s in loaded]
+    heights = [s.image.shape[0] for s in loaded]
+    coverage: dict[str, float] = {}
+    for cls in sorted(per_class):
+        if cls == "good":
+            continue
+        fr = [float((s.mask > 0).mean()) for s in loaded if s.source_class == cls]
+        coverage[cls] = round(statistics.fmean(fr), 5) if fr else 0.0
+    side = {s.sample.image: s.split for s in loaded if s.split}
+    hashes = {s.sample.image: dhash(s.image, 16) for s in loaded} if side else None
+    leaks = check_leaks(samples, side, hashes=hashes) if side else []
+    report: dict[str, Any] = {
+        "dataset": str(reader.root),
+        "layout": reader.layout,
+        "classes": list(reader.classes),
+        "images": len(loaded),
+        "per_class": dict(sorted(per_class.items())),
+        "per_split": dict(sorted(per_side.items())),
+        "groups": len({s.group for s in samples}),
+        "size": {
+            "width": [min(widths), int(statistics.median(widths)), max(widths)],
+            "height": [min(heights), int(statistics.median(heights)), max(heights)],
+        },
+        "mean_mask_coverage": coverage,
+        "split_file": (reader.root / SPLIT_FILE).is_file(),
+        "problems": [{"file": f, "reason": r} for f, r in reader.problems],
+        "leak_warnings": leaks,
+    }
+    lines = [
+        f"# {reader.root.name} ({reader.layout})",
+        f"{len(loaded)} images, {report['groups']} groups; classes {list(reader.classes)}",
+        "",
+        "| class | images | mean mask coverage |",
+        "|---|---|---|",
+        *[f"| {c} | {n} | {coverage.get(c, 0.0):.4f} |" for c, n in sorted(per_class.items())],
+        "",
+        f"width min/median/max {report['size']['width']}, height {report['size']['height']}",
+        f"per split: {report['per_split']}",
+        f"problems: {len(reader.problems)}" + "".join(f"\n- {f}: {r}" for f, r in reader.problems),
+        f"leak warnings: {leaks or 'none'}",
+    ]
+    report["markdown"] = "\n".join(lines)
+    return report
+
+
+def _pool(items: Sequence[LoadedSample]) -> Pool:
+    return Pool(
+        [s.image for s in items],
+        [s.mask for s in items],
+        [s.sample.image.name for s in items],
+        [s.sample.group for s in items],
+    )
+
+
+def train_main(
+    dataset: str | Path,
+    out: str | Path,
+    *,
+    mode: Mode = "supervised",
+    layout: str | None = None,
+    classes: Literal["merged", "folders"] = "merged",
+    epochs: int | None = None,
+    time_budget_min: float = 35.0,
+    size: int = 256,
+    width: int = 16,
+    batch_size: int = 12,
+    lr: float = 2e-3,
+    val_fraction: float = 0.2,
+    target_false_reject: float = 0.02,
+    seed: int = 0,
+    num_threads: int | None = None,
+    work_dir: str | Path | None = None,
+    evaluate_split: str | None = "test",
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Train, calibrate, export and (when the dataset has a test side) evaluate a defect model.
+
+    Args:
+        dataset: a mask-folders dataset folder, or its name under ``$QCSTATION_DATASETS``.
+        out: the ``.onnx`` file to write.
+        mode: "supervised" (real masks) or "good_only" (good training images + synthetic anomalies, one
+            class ``anomaly``).
+        layout: dataset layout (only mask_folders here; default: inferred).
+        classes: "merged" (one class ``defect``) or "folders" (one class per defect folder).
+        epochs: stop after this many epochs (None: only the time budget stops).
+        time_budget_min: training wall-time budget; the learning-rate schedule spans it.
+        size: square model input side (frames are resized to it).
+        width: U-Net width.
+        batch_size: images per step.
+        lr: peak learning rate.
+        val_fraction: share of the training side's groups held out for validation and calibration.
+        target_false_reject: calibration target on good validation images.
+        seed: seed of the validation split, the initial weights and augmentation.
+        num_threads: torch CPU threads (None: all cores).
+        work_dir: checkpoints, log.csv and the evaluation report (default: a new temporary folder).
+        evaluate_split: split side to evaluate the exported model on (None: skip).
+        name: the model's name (default: ``<dataset>-<mode>``).
+
+    Returns:
+        A summary: model path, card, validation and test figures, wall times.
+    """
+    t0 = time.perf_counter()
+    created = datetime.now(UTC)
+    code = code_version()
+    merge = "anomaly" if mode == "good_only" else ("defect" if classes == "merged" else None)
+    reader = _open(dataset, layout, merge)
+    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="qcstation-train-"))
+    work.mkdir(parents=True, exist_ok=True)
+    samples = reader.samples()
+    loaded = reader.load((size, size), samples)
+    has_split = any(s.split for s in loaded)
+    train_side = [s for s in loaded if not has_split or s.split == "train"]
+    if mode == "good_only":
+        train_side = [s for s in train_side if s.source_class == "good"]
+    if not train_side:
+        raise DatasetError(f"{reader.root}: no training images" + (" on the train side" if has_split else ""))
+    tr_idx, va_idx = split_by_group([s.sample for s in train_side], val_fraction, seed)
+    used = [s for s in loaded if mode != "good_only" or s.source_class == "good" or s.split != "train"]
+    side = {s.sample.image: (s.split or "train") for s in used}
+    side.update({train_side[i].sample.image: "val" for i in va_idx})
+    leaks = check_leaks([s.sample for s in used], side)
+    train_pool = _pool([train_side[i] for i in tr_idx])
+    val_pool = _pool([train_side[i] for i in va_idx])
+    if mode == "good_only":
+        val_pool = synthetic_validation(val_pool, seed + 1)
+    config = DefectTrainConfig(
+        classes=reader.classes,
+        width=width,
+        size=size,
+        batch_size=batch_size,
+        lr=lr,
+        time_budget_min=time_budget_min,
+        max_epochs=epochs or 10_000,
+        synthetic=mode == "good_only",
+        seed=seed,
+        num_threads=num_threads,
+    )
+    fit = train_defect_net(train_pool, val_pool, config, work / "checkpoints")
+    station = StationModel(fit.net, tta=config.tta).eval()
+    heads, _ = predict_pool(station, val_pool, mean=MEAN, std=STD)
+    val_scores = heads[:, 1:].max(axis=1)
+    val_y = val_pool.labels()
+    good_val = val_scores[val_y == 0]
+    thr = float(np.clip(threshold_at_frr(good_val, target_false_reject), 1e-4, 1.0))
+    val_recall = float((val_scores[val_y == 1] >= thr).mean())
+    val_frr = float((good_val >= thr).mean())
+    val_metrics = {
+        "split": "val",
+        "images": len(val_y),
+        "defective_images": int(val_y.sum()),
+        "defects": "synthetic" if mode == "good_only" else "real",
+        "image_auroc": round(auroc(val_scores, val_y), 4),
+        "recall_at_2pct_frr": round(recall_at_frr(val_scores, val_y, 0.02)[0], 4),
+        "recall_at_threshold": round(val_recall, 4),
+        "false_reject_rate_at_threshold": round(val_frr, 4),
+    }
+    split_file = reader.root / SPLIT_FILE
+    card = ModelCard(
+        name=name or f"{reader.root.name}-{mode.replace('_', '-')}",
+        version=created.strftime("%Y.%m.%d"),
+        classes=tuple(reader.classes),
+        input=InputSpec("image", size, size, 1, "GRAY", MEAN, STD),
+        output=OutputSpec("probs", image_scores="image_probs"),
+        inference=InferenceSpec("resize"),
+        thresholds={c: round(thr, 6) for c in reader.classes[1:]},
+        good_scores={
+            **summarise(good_val),
+            "score": "image head probability of a defect class (= maximum of the gated defect map)",
+            "target_false_reject": target_false_reject,
+            "false_reject_rate": round(val_frr, 4),
+        },
+        provenance={
+            "dataset": reader.root.name,
+            "dataset_sha256": files_sha256(
+                [p for s in samples for p in (s.image, s.label) if p.is_file()], reader.root
+            ),
+            "split": {
+                "file": SPLIT_FILE if split_file.is_file() else None,
+                "file_sha256": hashlib.sha256(split_file.read_bytes()).hexdigest()
+                if split_file.is_file()
+                else None,
+                "train_side_images": len(train_side),
+                "validation": f"{val_fraction:.0%} of the training side's groups, seed {seed}",
+                "train": len(tr_idx),
+                "val": len(va_idx),
+                "skipped": len(reader.problems),
+                "leak_warnings": leaks,
+            },
+            "mode": mode,
+            "code_version": code,
+            "created_at": created.isoformat(timespec="seconds"),
+            "training": {
+                **{k: v for k, v in config.to_dict().items() if k != "classes"},
+                "arch": "DefectNet (unet_small + image head, gated maps, flip TTA)",
+                "epochs_run": fit.epochs_run,
+                "best_epoch": fit.best_epoch,
+                "stopped_by": fit.stopped_by,
+                "seconds": round(fit.seconds, 1),
+            },
+            "metrics": {"val": val_metrics},
+        },
+    )
+    out_path = Path(out)
+    report = export_onnx(station, card, out_path)
+    result: dict[str, Any] = {
+        "model": str(out_path),
+        "work_dir": str(work),
+        "train_seconds": round(fit.seconds, 1),
+        "best_epoch": fit.best_epoch,
+        "epochs_run": fit.epochs_run,
+        "val": val_metrics,
+        "threshold": thr,
+        "export_max_abs_diff": report.max_abs_diff,
+    }
+    log.info("validation: %s; threshold %.4f", val_metrics, thr)
+    if evaluate_split and has_split and any(s.split == evaluate_split for s in loaded):
+        from qcstation.training.evaluate import evaluate_main
+
+        ev = evaluate_main(out_path, reader.root, split=evaluate_split, out_dir=work / "eval")
+        result["test"] = ev["metrics"]
+        result["report"] = ev["report"]
+        model = onnx.load(str(out_path))
+        prov = dict(card.provenance)
+        prov["metrics"] = {**prov["metrics"], evaluate_split: _card_metrics(ev["metrics"])}
+        final = dataclasses.replace(card, provenance=prov)
+        write_card(model, final)
+        onnx.save(model, str(out_path))
+    result["total_seconds"] = round(time.perf_counter() - t0, 1)
+    (work / "summary.json").write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
+    log.info("done in %.1f min: %s", result["total_seconds"] / 60, json.dumps(result, default=str))
+    return result
+
+
+def _card_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("images", "defective_images", "image_auroc", "image_ap", "recall_at_frr", "at_card_threshold")
+    return {k: m[k] for k in keys if k in m}
