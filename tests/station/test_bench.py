@@ -1,0 +1,90 @@
+"""``qcstation bench`` in quick mode on a tiny model: the table's structure, and every figure positive and
+finite. The figures themselves are not asserted against targets here: a test machine is not the line."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from model_factory import part_image
+from qcstation.station import bench
+from qcstation.station.bench import BenchConfig
+
+
+@pytest.fixture
+def setup(tiny_model: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A recipe for the tiny model and a folder of six part images (two with a dark blob)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(6):
+        blobs = ((40, 60, 10),) if i % 3 == 0 else ()
+        cv2.imwrite(str(images / f"part_{i:04d}.png"), part_image((96, 96), blobs=blobs))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "product": "widget",
+                "model": str(tiny_model),
+                "classes": {"dark": {"min_area_px": 20}},
+                "images": {"keep_pass_every": 0},
+            }
+        )
+    )
+    return recipe, images
+
+
+def test_auroc_matches_the_pairwise_definition() -> None:
+    rng = np.random.default_rng(1)
+    scores = np.round(rng.random(40), 1)  # rounded: plenty of ties
+    labels = rng.random(40) < 0.4
+    pairs = [1.0 if p > n else 0.5 if p == n else 0.0 for p in scores[labels] for n in scores[~labels]]
+    assert bench.auroc(scores.tolist(), labels.tolist()) == pytest.approx(float(np.mean(pairs)))
+    assert bench.auroc([0.1, 0.9], [False, True]) == 1.0
+    with pytest.raises(ValueError, match="both"):
+        bench.auroc([0.1, 0.2], [True, True])
+
+
+def test_quick_bench_fills_every_row_with_finite_positive_figures(setup: tuple[Path, Path]) -> None:
+    recipe, images = setup
+    # when the quick bench runs on the tiny model
+    report = bench.run_bench(BenchConfig.quick(recipe, images))
+    # then every measurement is there, positive and finite
+    t = report.throughput
+    assert t is not None
+    assert t.frames == 24
+    for v in (t.pipeline_fps, t.bare_fps, t.naive_fps, t.vs_bare, t.vs_naive):
+        assert v > 0 and math.isfinite(v)
+    assert [lat.load for lat in report.latencies] == [0.5, 0.9]
+    for lat in report.latencies:
+        assert 0 < lat.p50_ms <= lat.p99_ms and math.isfinite(lat.p99_ms)
+        assert lat.single_ms > 0 and lat.rate_hz == pytest.approx(lat.load * t.bare_fps)
+    assert report.tiles is not None
+    assert report.tiles.frame_shape == (1024, 1024) and report.tiles.tiles > 1
+    assert report.tiles.predict_ms > 0 and report.tiles.bare_ms > 0
+    sm = report.softmax
+    assert sm is not None
+    assert sm.shipped_fps > 0 and sm.rewritten_fps > 0 and sm.max_abs_diff < 1e-5
+    q = report.int8
+    assert q is not None
+    assert q.eval_images == 24 and 0 < q.eval_defective < 24
+    assert 0.0 <= q.auroc_fp32 <= 1.0 and 0.0 <= q.auroc_int8 <= 1.0
+    assert q.fp32_fps > 0 and q.int8_fps > 0
+    c = report.cold
+    assert c is not None
+    assert c.station_s > 0 and c.bare_s > 0
+    assert c.bare_rss_mb > 0 and c.station_rss_mb > 0
+    assert bench.finite(report)
+    # and the table has one row per figure, with the load average above it
+    rows = bench.rows(report)
+    assert len(rows) == 10
+    assert all(r.target for r in rows)
+    text = bench.render(report)
+    assert "load average" in text
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(rows)
+    assert all(line.count("|") == 7 for line in table)
