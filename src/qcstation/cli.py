@@ -877,5 +877,26 @@ def restore(
     out.print(f"restored {settings.store_url}: {report.describe()}", highlight=False)
 
 
+@app.command()
+def bench(
+    frames: Annotated[int, typer.Option("--frames", help="frames per throughput run", min=1)] = 400,
+    repeats: Annotated[int, typer.Option("--repeats", help="alternating runs per figure", min=1)] = 3,
+    images: Annotated[Path, typer.Option("--images", help="image folder to replay")] = Path("sample_images"),
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="recipe YAML")] = Path("recipes/demo.yaml"),
+    threads: Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="a few frames, one repeat (a smoke test)")] = False,
+) -> None:
+    """Measure the station against its own baselines (same process, alternating runs, medians)."""
+    from qcstation.station.bench import BenchConfig, render, render_runs, run_bench
+
+    if quick:
+        cfg = BenchConfig.quick(recipe, images, threads=threads)
+    else:
+        cfg = BenchConfig(recipe, images, frames=frames, repeats=repeats, threads=threads)
+    report = run_bench(cfg, progress=lambda what: err.print(f"[dim]measuring {what}…[/]"))
+    typer.echo(render(report))
+    typer.echo("\nruns behind the medians:\n" + render_runs(report))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
