@@ -1,0 +1,646 @@
+"""The REST API under 50 concurrent clients while the station runs, over a store of 1,000,000 inspections.
+
+    python benchmarks/bench_api.py [--clients 50] [--phase-s 30] [--paced-rps 2] [--repeats 1]
+
+What it does, in one run:
+
+1. builds (or reuses) a store of >= 1,000,000 inspections under ``--data-dir`` (``make_big_store.py``);
+2. issues an API token with role ``mes`` into that store (``qcstation token issue``; revoked at the end), so
+   every request is authenticated as an MES client would be;
+3. starts ``qcstation serve --source sample_images --loop`` (demo recipe, ``models/qc-demo.onnx``, one uvicorn
+   worker, station and API in one process) on a free loopback port over that store; the station appends to
+   it as fast as it can (no ``--rate``), so its rate is its capacity on this machine;
+4. runs phases back to back: ``idle`` (no API load), ``single`` (one client, closed loop: each endpoint's
+   service time without queueing), ``idle``, then ``unpaced`` (closed loop: every client sends its next
+   request as soon as the last one answered, so 50 are in flight), ``idle``, ``paced`` (open loop: each
+   client sends ``--paced-rps`` requests/s, a realistic MES/screen load), ``idle``; ``--repeats`` times;
+5. each client loops over: a list page (``/inspections?limit=50&batch=<random batch>``), the next page of it
+   (``cursor=next_cursor``), a serial's history (``/serials/<random existing serial>/history``) and one
+   result (``/inspections/<random existing id>``), timing each request from send to the last body byte;
+6. the station's rate is the number of inspections it committed in the phase's window (read from the store's
+   chain, not through the loaded API), divided by the window; a load phase is compared with the mean of the
+   idle phases around it.
+
+``--split`` is the what-if of a proposed fix: the same phases with the station alone in ``qcstation run`` and
+the API in a second, read-only process over the same store.
+
+Reported: p50/p95/p99/max per endpoint and mode, achieved requests/s, errors, the station's rate per phase
+and loaded/idle ratios (medians over repeats), the load average and the server's CPU use per phase. The
+load generator runs in this process (asyncio + httpx), on the same 2 cores: its CPU is reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from make_big_store import ensure  # benchmarks/ is on sys.path when this file is run as a script
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+ENDPOINTS = ("list", "list_next", "serial", "one")
+MAX_REQUESTS_PER_CLIENT = 100_000  # a bound on every client loop, besides its deadline
+
+
+# -- machine ----------------------------------------------------------------------------------------------
+
+
+def loadavg() -> tuple[float, float, float]:
+    """The 1/5/15-minute load averages."""
+    a, b, c = os.getloadavg()
+    return round(a, 2), round(b, 2), round(c, 2)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """user + system CPU seconds of a process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- what the clients ask for -----------------------------------------------------------------------------
+
+
+@dataclass
+class Targets:
+    """Existing ids, serials and batches picked at random from the store before the run."""
+
+    ids: list[str]
+    serials: list[str]
+    batches: list[str]
+
+
+def pick_targets(db_path: Path, station: str, n: int = 5000, seed: int = 7) -> Targets:
+    """Random existing result ids, serials (from those ids' rows) and batches, read straight from SQLite."""
+    rng = random.Random(seed)
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        top = con.execute("SELECT max(seq) FROM inspections WHERE station = ?", (station,)).fetchone()[0]
+        ids: list[str] = []
+        serials: list[str] = []
+        for _ in range(n * 3):
+            if len(ids) >= n:
+                break
+            row = con.execute(
+                "SELECT id, serial FROM inspections WHERE station = ? AND seq = ?",
+                (station, rng.randint(1, top)),
+            ).fetchone()
+            if row is not None:  # seq of an event: try another
+                ids.append(row[0])
+                if row[1] is not None:
+                    serials.append(row[1])
+        batches = [r[0] for r in con.execute("SELECT batch_id FROM batches WHERE station = ?", (station,))]
+    finally:
+        con.close()
+    return Targets(ids, serials, batches)
+
+
+# -- load ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recorder:
+    """Latencies (ms) per endpoint of requests sent inside the measured window."""
+
+    window: tuple[float, float] = (0.0, 0.0)
+    ms: dict[str, list[float]] = field(default_factory=lambda: {e: [] for e in ENDPOINTS})
+    errors: dict[str, int] = field(default_factory=dict)
+    late: int = 0  # paced requests sent more than one interval behind schedule
+
+    def add(self, endpoint: str, sent: float, ms: float, status: int | str) -> None:
+        if not self.window[0] <= sent < self.window[1]:
+            return
+        if status == 200:
+            self.ms[endpoint].append(ms)
+        else:
+            key = f"{endpoint}:{status}"
+            self.errors[key] = self.errors.get(key, 0) + 1
+
+
+async def client(
+    i: int,
+    base: str,
+    headers: dict[str, str],
+    targets: Targets,
+    rec: Recorder,
+    *,
+    deadline: float,
+    paced_rps: float | None,
+) -> None:
+    """One API client with its own keep-alive connection, looping until ``deadline``."""
+    rng = random.Random(1000 + i)
+    interval = 1.0 / paced_rps if paced_rps else 0.0
+    next_at = time.perf_counter() + rng.uniform(0.0, interval)
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10.0, limits=limits) as c:
+
+        async def get(endpoint: str, url: str, params: dict[str, Any] | None = None) -> httpx.Response | None:
+            nonlocal next_at
+            if interval:
+                now = time.perf_counter()
+                if next_at > now:
+                    await asyncio.sleep(next_at - now)
+                elif now - next_at > interval:  # fell behind: count it, do not burst to catch up
+                    rec.late += 1
+                    next_at = now
+                next_at += interval
+            t0 = time.perf_counter()
+            try:
+                r = await c.get(url, params=params)
+            except httpx.HTTPError as e:
+                rec.add(endpoint, t0, 0.0, type(e).__name__)
+                return None
+            rec.add(endpoint, t0, (time.perf_counter() - t0) * 1e3, r.status_code)
+            return r
+
+        for _ in range(MAX_REQUESTS_PER_CLIENT // 4):
+            if time.perf_counter() >= deadline:
+                break
+            batch = rng.choice(targets.batches)
+            r = await get("list", "/api/v1/inspections", {"limit": 50, "batch": batch})
+            cursor = r.json().get("next_cursor") if r is not None and r.status_code == 200 else None
+            if cursor and time.perf_counter() < deadline:  # the same filter, one page further
+                await get("list_next", "/api/v1/inspections", {"limit": 50, "batch": batch, "cursor": cursor})
+            if time.perf_counter() >= deadline:
+                break
+            await get("serial", f"/api/v1/serials/{rng.choice(targets.serials)}/history")
+            if time.perf_counter() >= deadline:
+                break
+            await get("one", f"/api/v1/inspections/{rng.choice(targets.ids)}")
+
+
+# -- the server and the station's rate ----------------------------------------------------------------------
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT (uvicorn drains, the station stops), then SIGKILL after 20 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+class Server:
+    """``qcstation serve`` in a subprocess over the big store.
+
+    With ``split``, the what-if of the proposed fix: the station alone in ``qcstation run`` and the API in its
+    own read-only process (``create_app`` with no station, served by uvicorn), both on the same store.
+    """
+
+    def __init__(
+        self, data_dir: Path, station: str, port: int, log_path: Path, threads: int | None, *, split: bool
+    ) -> None:
+        batch = f"BENCH-{time.strftime('%Y%m%d-%H%M%S')}"
+        common = ["--source", "sample_images", "--loop", "--recipe", "recipes/demo.yaml"]
+        common += ["--data-dir", str(data_dir), "--station", station, "--batch", batch]
+        if threads:
+            common += ["--threads", str(threads)]
+        qcs = str(VENV_BIN / "qcstation")
+        self.split = split
+        self.base = f"http://127.0.0.1:{port}"
+        self.log = log_path.open("w")
+        if split:
+            more = ["--station", station, "--port", str(port)]
+            self.cmds = [
+                [qcs, "run", *common, "--quiet"],
+                [sys.executable, str(Path(__file__)), "--serve-readonly", "--data-dir", str(data_dir), *more],
+            ]
+        else:
+            self.cmds = [[qcs, "serve", *common, "--port", str(port)]]
+        self.procs = [
+            subprocess.Popen(c, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT) for c in self.cmds
+        ]
+
+    @property
+    def command(self) -> str:
+        return "  +  ".join(" ".join(c) for c in self.cmds)
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the station and API process(es)."""
+        return sum(proc_cpu_s(p.pid) for p in self.procs)
+
+    async def wait_ready(self, timeout_s: float = 120.0) -> float:
+        """Seconds until the API answers (``/ready``: store and station; ``/health`` for the split API)."""
+        path = "/api/v1/health" if self.split else "/api/v1/ready"
+        t0 = time.perf_counter()
+        async with httpx.AsyncClient(base_url=self.base, timeout=2.0) as c:
+            while time.perf_counter() - t0 < timeout_s:
+                for p in self.procs:
+                    if p.poll() is not None:
+                        raise RuntimeError(f"{p.args} exited with {p.returncode}; see {self.log.name}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await c.get(path)).status_code == 200:
+                        return time.perf_counter() - t0
+                await asyncio.sleep(0.5)
+        raise RuntimeError(f"the API is not ready after {timeout_s} s; see {self.log.name}")
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            _stop(p)
+        self.log.close()
+
+
+def serve_readonly(data_dir: Path, station: str, port: int) -> None:
+    """The API alone over the store, no station (``create_app(station=None)``), one uvicorn worker."""
+    import uvicorn
+
+    from qcstation.station.api import ApiConfig, create_app
+    from qcstation.station.archive import ImageArchive
+    from qcstation.station.settings import Settings
+    from qcstation.station.store import Store
+    from qcstation.station.tokens import TokenStore
+
+    settings = Settings(data_dir=data_dir, station_id=station)
+    store = Store.open(settings.store_url, station)
+    app = create_app(
+        settings=settings,
+        store=store,
+        archive=ImageArchive(settings.images_dir),
+        station=None,
+        tokens=TokenStore(store),
+        config=ApiConfig(host="127.0.0.1", port=port),
+    )
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=3)
+    finally:
+        store.close()
+
+
+class PartsCounter:
+    """Parts the station committed, read from the store (a read-only SQLite connection of this process).
+
+    Not through ``GET /status``: under load that request waits behind the others, which would shift the
+    window. WAL readers never block the station's writer.
+    """
+
+    def __init__(self, db_path: Path, station: str) -> None:
+        self.station = station
+        self.con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
+
+    def head(self) -> tuple[float, int]:
+        """(when, the chain head's seq)."""
+        row = self.con.execute("SELECT seq FROM chain_head WHERE station = ?", (self.station,)).fetchone()
+        return time.perf_counter(), int(row[0])
+
+    def inspections_between(self, seq0: int, seq1: int) -> int:
+        """Inspections in the chain after seq0 up to seq1 (events, such as holds, are not parts)."""
+        row = self.con.execute(
+            "SELECT count(*) FROM inspections WHERE station = ? AND seq > ? AND seq <= ?",
+            (self.station, seq0, seq1),
+        ).fetchone()
+        return int(row[0])
+
+
+@dataclass
+class Phase:
+    """One measured window."""
+
+    mode: str  # idle | unpaced | paced
+    seconds: float
+    parts: int
+    load: tuple[float, float, float]
+    server_cpu: float  # CPU-seconds of the serve process per wall second (2.0 = both cores)
+    bench_cpu: float  # the same for this load generator
+    rec: Recorder | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.parts / self.seconds
+
+
+async def run_phase(
+    mode: str,
+    server: Server,
+    counter: PartsCounter,
+    headers: dict[str, str],
+    targets: Targets,
+    *,
+    clients: int,
+    seconds: float,
+    settle_s: float,
+    paced_rps: float,
+) -> Phase:
+    """Settle, then measure the station's rate (and the clients' latencies) over ``seconds``."""
+    rec = Recorder() if mode != "idle" else None
+    tasks: list[asyncio.Task[None]] = []
+    start = time.perf_counter()
+    end = start + settle_s + seconds
+    if rec is not None:
+        rec.window = (start + settle_s, end)
+        tasks = [
+            asyncio.create_task(
+                client(
+                    i,
+                    server.base,
+                    headers,
+                    targets,
+                    rec,
+                    deadline=end,
+                    paced_rps=paced_rps if mode == "paced" else None,
+                )
+            )
+            for i in range(1 if mode == "single" else clients)
+        ]
+    await asyncio.sleep(settle_s)
+    t0, s0 = counter.head()
+    cpu0, me0, l0 = server.cpu_s(), time.process_time(), os.getloadavg()
+    await asyncio.sleep(max(0.0, end - time.perf_counter()))
+    t1, s1 = counter.head()
+    cpu1, me1 = server.cpu_s(), time.process_time()
+    if tasks:
+        done, pending = await asyncio.wait(tasks, timeout=30)
+        for t in pending:
+            t.cancel()
+        for t in done:
+            if t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+    la = tuple(round((a + b) / 2, 2) for a, b in zip(l0, os.getloadavg(), strict=True))
+    return Phase(
+        mode,
+        t1 - t0,
+        counter.inspections_between(s0, s1),
+        la,  # type: ignore[arg-type]
+        round((cpu1 - cpu0) / (t1 - t0), 2),
+        round((me1 - me0) / (t1 - t0), 2),
+        rec,
+    )
+
+
+# -- report -------------------------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) by nearest rank."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * len(s)) - 1))]
+
+
+def report(phases: list[Phase], args: argparse.Namespace, ready_s: float, targets: Targets) -> dict[str, Any]:
+    """Print the tables; return everything as a dict (for ``--json``)."""
+    print(f"\nphases ({args.phase_s:.0f} s each, {args.settle_s:.0f} s settle before each):")
+    print(f"  {'mode':8} {'parts/s':>8} {'req/s':>7} {'serve CPU':>9} {'bench CPU':>9}  load avg 1/5/15")
+    for p in phases:
+        n = sum(len(v) for v in p.rec.ms.values()) if p.rec else 0
+        print(
+            f"  {p.mode:8} {p.rate:8.2f} {n / p.seconds:7.1f} {p.server_cpu:9.2f} {p.bench_cpu:9.2f}  "
+            f"{p.load[0]:.2f} {p.load[1]:.2f} {p.load[2]:.2f}"
+        )
+    out: dict[str, Any] = {"ready_s": ready_s, "modes": {}, "phases": []}
+    for p in phases:
+        out["phases"].append(
+            {
+                "mode": p.mode,
+                "rate": round(p.rate, 3),
+                "seconds": round(p.seconds, 2),
+                "parts": p.parts,
+                "load": p.load,
+                "server_cpu": p.server_cpu,
+                "bench_cpu": p.bench_cpu,
+            }
+        )
+    for mode in ("single", "unpaced", "paced"):
+        ratios = []
+        for k, p in enumerate(phases):
+            if p.mode != mode:
+                continue
+            around = [
+                q.rate
+                for q in (phases[k - 1], phases[k + 1] if k + 1 < len(phases) else None)
+                if q is not None and q.mode == "idle"
+            ]
+            if around:
+                ratios.append(p.rate / statistics.mean(around))
+        loaded = [p for p in phases if p.mode == mode]
+        if not loaded:
+            continue
+        ms: dict[str, list[float]] = {e: [] for e in ENDPOINTS}
+        errors: dict[str, int] = {}
+        for p in loaded:
+            assert p.rec is not None
+            for e in ENDPOINTS:
+                ms[e] += p.rec.ms[e]
+            for k2, v in p.rec.errors.items():
+                errors[k2] = errors.get(k2, 0) + v
+        secs = sum(p.seconds for p in loaded)
+        what = {
+            "single": "one client, closed loop: the service time without queueing",
+            "unpaced": f"closed loop, {args.clients} clients, {args.clients} in flight",
+            "paced": f"open loop, {args.clients} clients x {args.paced_rps:g} req/s",
+        }[mode]
+        print(f"\n{mode} ({what}; {len(loaded)} x {args.phase_s:.0f} s):")
+        print(f"  {'endpoint':10} {'n':>7} {'req/s':>7} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}  (ms)")
+        rows = {}
+        for e in ENDPOINTS:
+            v = ms[e]
+            row = {
+                "n": len(v),
+                "rps": round(len(v) / secs, 1),
+                "p50": pct(v, 0.5),
+                "p95": pct(v, 0.95),
+                "p99": pct(v, 0.99),
+                "max": max(v) if v else float("nan"),
+            }
+            rows[e] = row
+            print(
+                f"  {e:10} {row['n']:7d} {row['rps']:7.1f} {row['p50']:8.1f} {row['p95']:8.1f} "
+                f"{row['p99']:8.1f} {row['max']:8.1f}"
+            )
+        allv = [x for e in ENDPOINTS for x in ms[e]]
+        print(
+            f"  {'all':10} {len(allv):7d} {len(allv) / secs:7.1f} {pct(allv, 0.5):8.1f} "
+            f"{pct(allv, 0.95):8.1f} {pct(allv, 0.99):8.1f} {max(allv) if allv else float('nan'):8.1f}"
+        )
+        late = sum(p.rec.late for p in loaded if p.rec is not None)
+        if errors or late:
+            print(f"  errors {errors or 'none'}; paced requests sent > 1 interval late: {late}")
+        idle = statistics.median(p.rate for p in phases if p.mode == "idle")
+        med = statistics.median(ratios) if ratios else float("nan")
+        print(
+            f"  station: idle {idle:.2f} parts/s (median), under load "
+            f"{statistics.median(p.rate for p in loaded):.2f}; loaded/idle (neighbouring idle phases) "
+            f"median {med:.3f} -> cost {1 - med:.1%}  runs {[round(r, 3) for r in ratios]}"
+        )
+        out["modes"][mode] = {
+            "endpoints": rows,
+            "errors": errors,
+            "late": late,
+            "ratios": ratios,
+            "ratio_median": med,
+        }
+    print(
+        f"\ntargets drawn from the store: {len(targets.ids)} ids, {len(targets.serials)} serials, "
+        f"{len(targets.batches)} batches; server ready in {ready_s:.1f} s"
+    )
+    return out
+
+
+# -- main ---------------------------------------------------------------------------------------------------
+
+
+def issue_token(data_dir: Path, station: str) -> tuple[str, str]:
+    """(name, secret) of a new ``mes`` token, issued with the CLI into the store."""
+    name = f"bench-mes-{int(time.time())}"
+    r = subprocess.run(
+        [
+            str(VENV_BIN / "qcstation"),
+            "token",
+            "issue",
+            "--name",
+            name,
+            "--role",
+            "mes",
+            "--data-dir",
+            str(data_dir),
+            "--station",
+            station,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return name, r.stdout.strip().splitlines()[-1]
+
+
+def revoke_token(data_dir: Path, station: str, name: str) -> None:
+    subprocess.run(
+        [
+            str(VENV_BIN / "qcstation"),
+            "token",
+            "revoke",
+            name,
+            "--data-dir",
+            str(data_dir),
+            "--station",
+            station,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    db_path = ensure(args.data_dir, args.station, parts=args.parts, batches=1000)
+    targets = pick_targets(db_path, args.station)
+    headers: dict[str, str] = {}
+    token_name = None
+    if not args.anonymous:
+        token_name, secret = issue_token(args.data_dir, args.station)
+        headers["Authorization"] = f"Bearer {secret}"
+    port = args.port or free_port()
+    server = Server(
+        args.data_dir, args.station, port, args.data_dir / "serve.log", args.threads, split=args.split
+    )
+    print(f"machine: {os.cpu_count()} cores, load average {loadavg()}")
+    print(f"server: {server.command}")
+    who = "anonymous viewer (no token)" if args.anonymous else f"bearer token {token_name} (role mes)"
+    print(f"auth: {who}")
+    phases: list[Phase] = []
+    counter = PartsCounter(db_path, args.station)
+    try:
+        ready_s = await server.wait_ready()
+        plan = ["idle", "single", "idle"]
+        for _ in range(args.repeats):
+            plan += ["unpaced", "idle", "paced", "idle"]
+        if args.warmup_s > 0:  # the station's first parts and the first reads warm caches and the page cache
+            await run_phase(
+                "unpaced",
+                server,
+                counter,
+                headers,
+                targets,
+                clients=args.clients,
+                seconds=args.warmup_s,
+                settle_s=0.0,
+                paced_rps=args.paced_rps,
+            )
+        for mode in plan:
+            p = await run_phase(
+                mode,
+                server,
+                counter,
+                headers,
+                targets,
+                clients=args.clients,
+                seconds=args.phase_s,
+                settle_s=args.settle_s,
+                paced_rps=args.paced_rps,
+            )
+            phases.append(p)
+            n = sum(len(v) for v in p.rec.ms.values()) if p.rec else 0
+            print(
+                f"  {mode:8} {p.rate:6.2f} parts/s  {n / p.seconds:6.1f} req/s  load {p.load[0]:.2f}",
+                flush=True,
+            )
+    finally:
+        server.stop()
+        if token_name:
+            revoke_token(args.data_dir, args.station, token_name)
+    result = report(phases, args, ready_s, targets)
+    result["command"] = server.command
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=Path("/tmp/qcbench"), help="store (reused), serve.log")
+    ap.add_argument("--station", default="bench")
+    ap.add_argument("--parts", type=int, default=1_000_000, help="inspections in the store, at least")
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--phase-s", type=float, default=30.0, help="measured seconds per phase")
+    ap.add_argument("--settle-s", type=float, default=3.0, help="unmeasured seconds before each phase")
+    ap.add_argument("--warmup-s", type=float, default=10.0, help="unmeasured load before the first phase")
+    ap.add_argument("--paced-rps", type=float, default=2.0, help="requests/s per client in the paced phase")
+    ap.add_argument("--repeats", type=int, default=1, help="unpaced/paced phase pairs")
+    ap.add_argument("--port", type=int, default=0, help="0: a free loopback port")
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads of the station")
+    ap.add_argument("--anonymous", action="store_true", help="no token: anonymous viewer on loopback")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument(
+        "--split", action="store_true", help="what-if: station (qcstation run) and API in separate processes"
+    )
+    ap.add_argument("--serve-readonly", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_readonly:
+        serve_readonly(args.data_dir, args.station, args.port)
+        return
+    if not 1 <= args.clients <= 500 or not 1.0 <= args.phase_s <= 600.0 or not 1 <= args.repeats <= 10:
+        ap.error("clients 1..500, phase-s 1..600, repeats 1..10")
+    result = asyncio.run(bench(args))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
