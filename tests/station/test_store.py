@@ -798,3 +798,25 @@ def test_locked_store_raises_and_the_retry_loses_nothing(db_path: Path) -> None:
 def test_empty_station_id_is_refused(db_path: Path) -> None:
     with pytest.raises(ValueError, match="station id"):
         Store.open(db_path, "")
+
+
+@pytest.mark.parametrize(
+    ("column", "index"),
+    [("batch_id", "ix_inspections_station_batch_seq"), ("serial", "ix_inspections_station_serial_seq")],
+)
+def test_filtered_list_pages_use_an_index_not_a_chain_scan(tmp_path: Path, column: str, index: str) -> None:
+    # a list page filtered by batch or serial, in chain order, must be an index range scan (docs/bench-api.md)
+    import sqlite3
+
+    Store.open(tmp_path / "s.db", "st-1").close()
+    with sqlite3.connect(tmp_path / "s.db") as c:
+        plan = " ".join(
+            str(row[-1])
+            for row in c.execute(
+                f"explain query plan select id from inspections where station = ? and {column} = ? "
+                "and seq > ? order by seq limit 50",
+                ("st-1", "x", 0),
+            )
+        )
+    assert index in plan
+    assert "TEMP B-TREE" not in plan

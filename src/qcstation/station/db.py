@@ -76,6 +76,9 @@ Index("ix_inspections_serial", inspections.c.serial)
 Index("ix_inspections_verdict", inspections.c.verdict)
 Index("ix_inspections_decided", inspections.c.decided_at)
 Index("ix_inspections_image_ref", inspections.c.image_ref)
+# list pages filter by batch or serial and page in chain order: without these, a page scans the whole chain
+Index("ix_inspections_station_batch_seq", inspections.c.station, inspections.c.batch_id, inspections.c.seq)
+Index("ix_inspections_station_serial_seq", inspections.c.station, inspections.c.serial, inspections.c.seq)
 
 events = Table(
     "events",

@@ -88,6 +88,10 @@ _DEDICATED_KINDS = {
 # -- time and canonical JSON ---------------------------------------------------------------------------------
 
 
+POOL_SIZE = 24
+"""Database connections per store: the API's reader threads are capped at ``POOL_SIZE - 8``."""
+
+
 def utc_iso(dt: datetime) -> str:
     """Format a timezone-aware datetime as fixed-width UTC text, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
 
@@ -619,12 +623,17 @@ class Store:
         is_sqlite = sa_url.get_backend_name() == "sqlite"
         try:
             if is_sqlite:
+                # A fixed pool with room for the station's own threads beside the API's readers (capped below
+                # it), so readers can never take every connection and stall the commit thread.
                 engine = sa.create_engine(
-                    sa_url, connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
+                    sa_url,
+                    connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
+                    pool_size=POOL_SIZE,
+                    max_overflow=0,
                 )
                 _sqlite_pragmas(engine, busy_timeout_ms)
             else:
-                engine = sa.create_engine(sa_url, pool_pre_ping=True)
+                engine = sa.create_engine(sa_url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0)
         except (sa_exc.SQLAlchemyError, ImportError) as e:
             raise StoreError(f"cannot open store {display}: {_cause(e)}") from e
 
