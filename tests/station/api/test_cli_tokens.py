@@ -42,3 +42,31 @@ def test_token_store_refuses_a_second_active_token_with_the_same_name(tmp_path: 
         again = tokens.issue("ann", "viewer", by="t")
         assert tokens.lookup(first.secret) is None and tokens.lookup(again.secret) is not None
         assert store.count_outbox_pending() == len(store.outbox_pending(limit=1000))
+
+
+def test_token_lookups_are_cached_and_a_revocation_takes_effect_within_the_cache_time(tmp_path: Path) -> None:
+    import time
+
+    from qcstation.station.api.auth import Authenticator
+    from qcstation.station.api.errors import ApiError
+
+    with Store.open(tmp_path / "s.db", "st-1") as store:
+        tokens = TokenStore(store)
+        issued = tokens.issue("mes-1", "mes", by="test")
+        calls = {"n": 0}
+        real_lookup = tokens.lookup
+
+        def counting(secret: str):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            return real_lookup(secret)
+
+        tokens.lookup = counting  # type: ignore[method-assign]
+        auth = Authenticator(tokens, loopback_only=True, cache_s=0.2)
+        header = f"Bearer {issued.secret}"
+        for _ in range(20):
+            assert auth.authenticate(header).name == "mes-1"
+        assert calls["n"] == 1  # one query for twenty requests
+        tokens.revoke("mes-1", by="test")
+        time.sleep(0.25)
+        with pytest.raises(ApiError, match="revoked"):
+            auth.authenticate(header)

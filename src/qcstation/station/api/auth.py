@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from qcstation.station.api.errors import ApiError
-from qcstation.station.tokens import Role, TokenStore
+from qcstation.station.tokens import Role, TokenInfo, TokenStore, hash_token
 
 
 class Action(StrEnum):
@@ -116,13 +116,15 @@ class Authenticator:
         Args:
             tokens: the token store.
             loopback_only: the API listens on loopback only.
-            cache_s: how long "is any token active" is remembered (one query per request otherwise).
+            cache_s: how long "is any token active" and a token's lookup are remembered (one query per
+                request otherwise); a token revoked from the CLI stops working within this time.
         """
         self.tokens = tokens
         self.loopback_only = loopback_only
         self.cache_s = cache_s
         self._lock = threading.Lock()
         self._any: tuple[float, bool] | None = None
+        self._known: dict[str, tuple[float, TokenInfo | None]] = {}
 
     def anonymous_allowed(self) -> bool:
         """True while anonymous read-only access is on (loopback bind, no active token)."""
@@ -157,12 +159,27 @@ class Authenticator:
             raise _unauthorized("malformed Authorization header: expected 'Bearer <token>'", invalid=True)
         if len(secret) > 256:
             raise _unauthorized("unknown token", invalid=True)
-        info = self.tokens.lookup(secret)
+        info = self._lookup(secret)
         if info is None:
             raise _unauthorized("unknown token", invalid=True)
         if not info.active:
             raise _unauthorized(f"token {info.name!r} was revoked at {info.revoked_at}", invalid=True)
         return Principal(info.name, info.role)
+
+
+    def _lookup(self, secret: str) -> TokenInfo | None:
+        key = hash_token(secret)  # never keep the secret itself, not even in memory
+        now = time.monotonic()
+        with self._lock:
+            hit = self._known.get(key)
+        if hit is not None and now - hit[0] <= self.cache_s:
+            return hit[1]
+        info = self.tokens.lookup(secret)
+        with self._lock:
+            if len(self._known) > 1024:
+                self._known.clear()
+            self._known[key] = (now, info)
+        return info
 
 
 def authorize(principal: Principal, action: Action) -> Principal:
