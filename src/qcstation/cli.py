@@ -879,8 +879,8 @@ def restore(
 
 @app.command()
 def bench(
-    frames: Annotated[int, typer.Option("--frames", help="frames per throughput run", min=1)] = 400,
-    repeats: Annotated[int, typer.Option("--repeats", help="alternating runs per figure", min=1)] = 3,
+    frames: Annotated[int, typer.Option("--frames", help="frames per throughput run", min=1)] = 200,
+    repeats: Annotated[int, typer.Option("--repeats", help="alternating runs per figure", min=1)] = 5,
     images: Annotated[Path, typer.Option("--images", help="image folder to replay")] = Path("sample_images"),
     recipe: Annotated[Path, typer.Option("--recipe", "-r", help="recipe YAML")] = Path("recipes/demo.yaml"),
     threads: Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads")] = None,
