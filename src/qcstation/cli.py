@@ -898,5 +898,122 @@ def bench(
     typer.echo("\nruns behind the medians:\n" + render_runs(report))
 
 
+# -- training ------------------------------------------------------------------------------------------
+
+
+def _training(what: str) -> None:
+    """Refuse a training command clearly when the ``train`` extra is not installed."""
+    import importlib.util
+
+    from qcstation.station.errors import ConfigError
+
+    missing = [
+        m for m in ("torch", "torchvision", "albumentations", "onnx") if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        raise ConfigError(
+            f"`qcstation {what}` needs the train extra ({', '.join(missing)} not installed): "
+            "pip install 'qcstation[train]'"
+        )
+
+
+def _training_errors() -> tuple[type[Exception], ...]:
+    from qcstation.training.errors import TrainingError
+
+    return (TrainingError,)
+
+
+@app.command()
+def train(
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="dataset folder (or a name under $QCSTATION_DATASETS); 'synth' for "
+            "the project's own generated parts"
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the .onnx file to write")],
+    mode: Annotated[
+        str, typer.Option("--mode", help="supervised (defect labels) or good_only")
+    ] = "supervised",
+    layout: Annotated[str | None, typer.Option("--layout", help="dataset layout (default: detected)")] = None,
+    time_budget: Annotated[float, typer.Option("--time-budget", min=0.1, help="minutes of training")] = 35.0,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    evaluate_split: Annotated[
+        str, typer.Option("--evaluate", help="split to report on after training, or none")
+    ] = ("test"),
+) -> None:
+    """Train a defect model, calibrate it on validation, export it as a self-describing ONNX file."""
+    from qcstation.station.errors import ConfigError
+
+    _training("train")
+    if mode not in ("supervised", "good_only"):
+        raise ConfigError(f"--mode: expected supervised or good_only, got {mode!r}")
+    try:
+        if dataset == "synth":
+            from qcstation.training.train import train_synthetic
+
+            res = train_synthetic(out, samples=900, epochs=epochs or 40, seed=seed or 7301)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            print(json.dumps({"model": str(out), "summary": str(res)[:2000]}, default=str))
+            return
+        from qcstation.training.api import train_main
+
+        result = train_main(
+            dataset,
+            out,
+            mode=mode,  # type: ignore[arg-type]
+            layout=layout,
+            epochs=epochs,
+            time_budget_min=time_budget,
+            seed=seed,
+            evaluate_split=None if evaluate_split == "none" else evaluate_split,
+        )
+    except _training_errors() as e:
+        raise ConfigError(str(e)) from e
+    out_ = {k: v for k, v in result.items() if k in ("model", "minutes", "validation", "test", "report")}
+    sys.stdout.write(json.dumps(out_ or result, default=str, indent=2) + "\n")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="the .onnx model")],
+    dataset: Annotated[str, typer.Argument(help="dataset folder (or a name under $QCSTATION_DATASETS)")],
+    split: Annotated[str, typer.Option("--split", help="split.json side, or all")] = "test",
+    out_dir: Annotated[Path | None, typer.Option("--out", help="report folder")] = None,
+) -> None:
+    """Image-level AUROC/AP, recall at 1/2/5 % false rejects, region and pixel figures, plots and a report."""
+    from qcstation.station.errors import ConfigError
+
+    _training("evaluate")
+    from qcstation.training.evaluate import evaluate_main
+
+    try:
+        result = evaluate_main(model, dataset, split=None if split == "all" else split, out_dir=out_dir)
+    except _training_errors() as e:
+        raise ConfigError(str(e)) from e
+    sys.stdout.write(json.dumps(result["metrics"], default=str, indent=2) + "\n")
+    out.print(f"report: {result['report']}", highlight=False)
+
+
+@dataset_app.command("info")
+def dataset_info_cmd(
+    dataset: Annotated[str, typer.Argument(help="dataset folder (or a name under $QCSTATION_DATASETS)")],
+    layout: Annotated[str | None, typer.Option("--layout")] = None,
+) -> None:
+    """Counts per class and split, image sizes, label coverage, and every unreadable file by name."""
+    from qcstation.station.errors import ConfigError
+
+    _training("dataset info")
+    from qcstation.training.api import dataset_info
+
+    try:
+        report = dataset_info(dataset, layout=layout)
+    except _training_errors() as e:
+        raise ConfigError(str(e)) from e
+    sys.stdout.write(json.dumps(report, default=str, indent=2) + "\n")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

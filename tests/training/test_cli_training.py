@@ -1,0 +1,67 @@
+"""The training commands as a quality engineer runs them: clear messages, real datasets when present."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.train
+
+SHARED = Path(
+    os.environ.get("QCSTATION_DATASETS", Path(__file__).resolve().parents[3] / "shared" / "datasets")
+)
+
+
+def qc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "qcstation.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_train_on_a_missing_dataset_says_so(tmp_path: Path) -> None:
+    res = qc("train", str(tmp_path / "nowhere"), "--out", "m.onnx", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "nowhere" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_train_refuses_an_unknown_mode(tmp_path: Path) -> None:
+    res = qc("train", "x", "--out", "m.onnx", "--mode", "magic", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "supervised or good_only" in res.stderr
+
+
+def test_evaluate_a_missing_model_says_so(tmp_path: Path) -> None:
+    res = qc("evaluate", str(tmp_path / "none.onnx"), str(tmp_path), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "none.onnx" in res.stderr
+
+
+@pytest.mark.skipif(
+    not (SHARED / "magnetic_tile").is_dir(), reason="the magnetic tile dataset is not beside us"
+)
+def test_dataset_info_on_the_real_dataset_matches_its_source_note(tmp_path: Path) -> None:
+    res = qc("dataset", "info", str(SHARED / "magnetic_tile"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["images"] == 1344
+    assert report["per_class"] == {
+        "good": 952,
+        "blowhole": 115,
+        "break": 85,
+        "crack": 57,
+        "fray": 32,
+        "uneven": 103,
+    }
