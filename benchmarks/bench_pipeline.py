@@ -23,6 +23,7 @@ from qcstation.inspect.detector import Detector
 from qcstation.station.archive import ImageArchive
 from qcstation.station.pipeline import Station
 from qcstation.station.recipe import load_recipe
+from qcstation.station.settings import default_intra_op_threads
 from qcstation.station.sources import FolderSource
 from qcstation.station.store import Store
 
@@ -75,7 +76,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=600)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=default_intra_op_threads(),
+        help="onnxruntime intra-op threads (default: the station's, cores - 1)",
+    )
     ap.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "demo.yaml")
     ap.add_argument("--images", type=Path, default=ROOT / "sample_images")
     args = ap.parse_args()

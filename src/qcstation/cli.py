@@ -888,11 +888,14 @@ def bench(
 ) -> None:
     """Measure the station against its own baselines (same process, alternating runs, medians)."""
     from qcstation.station.bench import BenchConfig, render, render_runs, run_bench
+    from qcstation.station.settings import default_intra_op_threads
 
     if quick:
-        cfg = BenchConfig.quick(recipe, images, threads=threads)
+        cfg = BenchConfig.quick(recipe, images, threads=threads or default_intra_op_threads())
     else:
-        cfg = BenchConfig(recipe, images, frames=frames, repeats=repeats, threads=threads)
+        cfg = BenchConfig(
+            recipe, images, frames=frames, repeats=repeats, threads=threads or default_intra_op_threads()
+        )
     report = run_bench(cfg, progress=lambda what: err.print(f"[dim]measuring {what}…[/]"))
     typer.echo(render(report))
     typer.echo("\nruns behind the medians:\n" + render_runs(report))

@@ -6,11 +6,21 @@ or from command-line options, which win.
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_intra_op_threads() -> int:
+    """Cores minus one for the model: the station's capture, decision and commit threads need the last one.
+
+    Measured on the 2-core reference machine (docs/PERFORMANCE.md): one onnxruntime thread ran the demo model
+    faster than two even alone, and left a core for the rest of the pipeline.
+    """
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 class Settings(BaseSettings):
@@ -23,7 +33,11 @@ class Settings(BaseSettings):
     station_id: str = Field(default_factory=lambda: socket.gethostname() or "station", min_length=1)
     site: str = "site"
     line: str = "line"
-    intra_op_threads: int | None = Field(default=None, ge=1, description="onnxruntime threads per operator")
+    intra_op_threads: int | None = Field(
+        default_factory=lambda: default_intra_op_threads(),
+        ge=1,
+        description="onnxruntime threads per operator (default: one core left for capture and commit)",
+    )
     queue_size: int = Field(default=8, ge=1, le=1024)
     min_free_disk: float = Field(
         default=0.10, ge=0.0, le=0.9, description="free disk share below which old PASS images are pruned"
