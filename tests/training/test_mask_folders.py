@@ -104,7 +104,12 @@ def test_group_split_keeps_groups_on_one_side(tmp_path: Path) -> None:
 
 def test_numeric_groups_and_leak_warning(tmp_path: Path) -> None:
     groups = numeric_id_groups(["a_num_1", "b_num_250", "c_num_600", "d_num_700"], gap=300)
-    assert groups == {"a_num_1": "num_1", "b_num_250": "num_1", "c_num_600": "num_600", "d_num_700": "num_600"}
+    assert groups == {
+        "a_num_1": "num_1",
+        "b_num_250": "num_1",
+        "c_num_600": "num_600",
+        "d_num_700": "num_600",
+    }
     assert numeric_id_groups(["no_id_here"]) is None
     samples = MaskFoldersReader.open(make_mt_like(tmp_path)).samples()
     side = {s.image: ("train" if i % 2 else "test") for i, s in enumerate(samples)}
