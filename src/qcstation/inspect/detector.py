@@ -275,6 +275,7 @@ class Detector:
         mm_per_px: float | None = None,
         roi: Sequence[Polygon] = (),
         ignore: Sequence[Polygon] = (),
+        defect_map: bool = True,
     ) -> Inspection:
         """Inspect one frame: probability maps, then regions and scores inside the inspected area.
 
@@ -284,6 +285,8 @@ class Detector:
             mm_per_px: frame pixel size, for region areas in mm².
             roi: polygons (frame fractions) to inspect; empty: the whole frame.
             ignore: polygons (frame fractions) never inspected.
+            defect_map: also return the uint8 map of the highest defect probability (for overlays); the
+                station's hot path leaves it out.
 
         Returns:
             The inspection, with timings.
@@ -305,12 +308,14 @@ class Detector:
         thr = dict(thresholds) if thresholds is not None else self.thresholds()
         classes = self.card.classes
         scores = class_scores(probs, classes, mask)
-        regions = extract_regions(probs, classes, thr, scale=(w / mw, h / mh), mm_per_px=mm_per_px, mask=mask)
+        regions = extract_regions(
+            probs, classes, thr, scale=(w / mw, h / mh), mm_per_px=mm_per_px, mask=mask, peaks=scores
+        )
         if image_head is not None and mask is None:
             image_score = float(np.clip(image_head[1:].max(), 0.0, 1.0))
         else:
             image_score = max(scores.values(), default=0.0)
-        defect_map = (np.clip(probs[1:].max(axis=0), 0.0, 1.0) * 255).astype(np.uint8)
+        dmap = (np.clip(probs[1:].max(axis=0), 0.0, 1.0) * 255).astype(np.uint8) if defect_map else None
         timings["postprocess"] = (time.perf_counter() - t0) * 1e3
         return Inspection(
             regions=tuple(regions),
@@ -319,7 +324,7 @@ class Detector:
             timings_ms=timings,
             model=self.info,
             frame_shape=(h, w),
-            defect_map=defect_map,
+            defect_map=dmap,
         )
 
     def bare_input(self, image: np.ndarray) -> np.ndarray:

@@ -60,11 +60,13 @@ def class_scores(
     Returns:
         Defect class name -> max probability (0.0 when the mask is empty).
     """
-    out: dict[str, float] = {}
-    for c in range(1, len(classes)):
-        p = probs[c] if mask is None else probs[c][mask]
-        out[classes[c]] = float(np.clip(p.max(), 0.0, 1.0)) if p.size else 0.0
-    return out
+    if mask is None:
+        peaks = probs[1:].reshape(len(classes) - 1, -1).max(axis=1)  # one pass over all maps
+    elif mask.any():
+        peaks = probs[1:, mask].max(axis=1)
+    else:
+        peaks = np.zeros(len(classes) - 1, np.float32)
+    return {classes[c]: float(np.clip(peaks[c - 1], 0.0, 1.0)) for c in range(1, len(classes))}
 
 
 def extract_regions(
@@ -76,6 +78,7 @@ def extract_regions(
     mm_per_px: float | None = None,
     mask: np.ndarray | None = None,
     max_regions_per_class: int = 256,
+    peaks: Mapping[str, float] | None = None,
 ) -> list[Region]:
     """Connected regions at or above each class's threshold.
 
@@ -87,6 +90,8 @@ def extract_regions(
         mm_per_px: frame pixel size in mm, for ``area_mm2``.
         mask: H x W bool, pixels to inspect (None: all).
         max_regions_per_class: keep at most this many regions per class (highest scores first).
+        peaks: each class's highest probability inside the mask (:func:`class_scores`), when known: a class
+            whose peak is under its threshold has no region and its map is not scanned again.
 
     Returns:
         Regions sorted by class, then score (highest first).
@@ -95,8 +100,11 @@ def extract_regions(
     regions: list[Region] = []
     for c in range(1, len(classes)):
         name = classes[c]
+        threshold = thresholds.get(name, 0.5)
+        if peaks is not None and peaks[name] < threshold:
+            continue
         pc = probs[c]
-        binary = pc >= thresholds.get(name, 0.5)
+        binary = pc >= threshold
         if mask is not None:
             binary &= mask
         if not binary.any():

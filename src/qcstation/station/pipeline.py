@@ -460,6 +460,7 @@ class Station:
                     mm_per_px=self.recipe.mm_per_px,
                     roi=self.recipe.roi,
                     ignore=self.recipe.ignore,
+                    defect_map=False,
                 )
             except InspectError as e:
                 error = f"{frame.frame_id}: {e}"
