@@ -46,6 +46,12 @@ DataDir = Annotated[
     Path | None, typer.Option("--data-dir", "-d", help="data directory [env QCSTATION_DATA_DIR]")
 ]
 StationId = Annotated[str | None, typer.Option("--station", help="station id [env QCSTATION_STATION_ID]")]
+SourceOpt = Annotated[str, typer.Option("--source", "-s", help="image folder, video or camera index")]
+RecipeOpt = Annotated[Path, typer.Option("--recipe", "-r", help="recipe YAML")]
+BatchOpt = Annotated[str | None, typer.Option("--batch", "-b", help="batch id (default: new)")]
+RateOpt = Annotated[float | None, typer.Option("--rate", help="replay rate in frames/s (folder)")]
+LoopOpt = Annotated[bool, typer.Option("--loop", help="replay the folder forever")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads")]
 
 
 def _settings(data_dir: Path | None = None, station: str | None = None, **extra: Any) -> Settings:
@@ -89,16 +95,14 @@ def main() -> None:
 
 @app.command()
 def run(
-    source: Annotated[str, typer.Option("--source", "-s", help="image folder, video or camera index")] = (
-        "sample_images"
-    ),
-    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="recipe YAML")] = Path("recipes/demo.yaml"),
+    source: SourceOpt = "sample_images",
+    recipe: RecipeOpt = Path("recipes/demo.yaml"),
     data_dir: DataDir = None,
     station: StationId = None,
-    batch: Annotated[str | None, typer.Option("--batch", "-b", help="batch id (default: new)")] = None,
-    rate: Annotated[float | None, typer.Option("--rate", help="replay rate in frames/s (folder)")] = None,
-    loop: Annotated[bool, typer.Option("--loop", help="replay the folder forever")] = False,
-    threads: Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads")] = None,
+    batch: BatchOpt = None,
+    rate: RateOpt = None,
+    loop: LoopOpt = False,
+    threads: ThreadsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live status line")] = False,
 ) -> None:
     """Run the station: inspect every frame from SOURCE and record every decision."""
@@ -538,21 +542,19 @@ def _cli_actor() -> str:
 
 @app.command()
 def serve(
-    source: Annotated[str, typer.Option("--source", "-s", help="image folder, video or camera index")] = (
-        "sample_images"
-    ),
-    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="recipe YAML")] = Path("recipes/demo.yaml"),
+    source: SourceOpt = "sample_images",
+    recipe: RecipeOpt = Path("recipes/demo.yaml"),
     data_dir: DataDir = None,
     station: StationId = None,
-    batch: Annotated[str | None, typer.Option("--batch", "-b", help="batch id (default: new)")] = None,
+    batch: BatchOpt = None,
     host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
-    rate: Annotated[float | None, typer.Option("--rate", help="replay rate in frames/s (folder)")] = None,
-    loop: Annotated[bool, typer.Option("--loop", help="replay the folder forever")] = False,
+    rate: RateOpt = None,
+    loop: LoopOpt = False,
     trigger: Annotated[
         bool, typer.Option("--trigger", help="capture only on POST /api/v1/trigger (one frame per request)")
     ] = False,
-    threads: Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads")] = None,
+    threads: ThreadsOpt = None,
     mqtt: Annotated[
         str | None,
         typer.Option("--mqtt", help="forward results to broker HOST[:PORT]", envvar="QCSTATION_MQTT"),
@@ -882,8 +884,8 @@ def bench(
     frames: Annotated[int, typer.Option("--frames", help="frames per throughput run", min=1)] = 200,
     repeats: Annotated[int, typer.Option("--repeats", help="alternating runs per figure", min=1)] = 5,
     images: Annotated[Path, typer.Option("--images", help="image folder to replay")] = Path("sample_images"),
-    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="recipe YAML")] = Path("recipes/demo.yaml"),
-    threads: Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads")] = None,
+    recipe: RecipeOpt = Path("recipes/demo.yaml"),
+    threads: ThreadsOpt = None,
     quick: Annotated[bool, typer.Option("--quick", help="a few frames, one repeat (a smoke test)")] = False,
 ) -> None:
     """Measure the station against its own baselines (same process, alternating runs, medians)."""
