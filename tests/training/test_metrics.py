@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from qcstation.training.metrics import (
+from qcstation.inspect.metrics import (
     auroc,
     average_precision,
     pixel_ap_iou,

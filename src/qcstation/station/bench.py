@@ -36,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from qcstation.inspect import metrics
 from qcstation.inspect.card import CARD_KEY
 from qcstation.inspect.detector import Detector
 from qcstation.inspect.types import Frame
@@ -222,21 +223,17 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
-    """Area under the ROC curve: the Mann-Whitney U statistic from ranks (ties get their mean rank).
+    """Area under the ROC curve (:func:`qcstation.inspect.metrics.auroc`), refusing a one-class set.
 
     Raises:
         ValueError: the labels are all of one kind, or lengths differ.
     """
-    s = np.asarray(scores, np.float64)
-    y = np.asarray(labels, bool)
-    if s.shape != y.shape:
-        raise ValueError(f"{s.size} scores for {y.size} labels")
-    pos, neg = int(y.sum()), int((~y).sum())
-    if pos == 0 or neg == 0:
+    if len(scores) != len(labels):
+        raise ValueError(f"{len(scores)} scores for {len(labels)} labels")
+    value = metrics.auroc(np.asarray(scores, np.float64), np.asarray(labels, bool))
+    if np.isnan(value):
         raise ValueError("AUROC needs both defective and good images")
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # 1-based; tied scores share their mean rank
-    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    return value
 
 
 def _bare_loop(det: Detector, tensors: Sequence[np.ndarray], frames: int) -> float:

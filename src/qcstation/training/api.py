@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from qcstation.inspect.card import InferenceSpec, InputSpec, ModelCard, OutputSpec
+from qcstation.inspect.metrics import auroc, recall_at_frr, threshold_at_frr
 from qcstation.training.calibrate import summarise
 from qcstation.training.data import (
     SPLIT_FILE,
@@ -47,7 +48,6 @@ from qcstation.training.defectnet import (
 )
 from qcstation.training.errors import DatasetError
 from qcstation.training.export import export_onnx, write_card
-from qcstation.training.metrics import auroc, recall_at_frr, threshold_at_frr
 from qcstation.training.train import code_version
 
 log = logging.getLogger(__name__)

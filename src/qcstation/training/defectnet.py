@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qcstation.inspect.metrics import auroc
 from qcstation.training.anomaly import synthesize_anomaly
 from qcstation.training.data import _albumentations, normalise
 from qcstation.training.errors import TrainingError
-from qcstation.training.metrics import auroc
 from qcstation.training.nets import ConvBNReLU, UNetSmall
 
 log = logging.getLogger(__name__)

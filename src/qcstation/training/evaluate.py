@@ -155,9 +155,7 @@ def evaluate_main(
     import json
     import tempfile
 
-    from qcstation.training.api import resolve_dataset
-    from qcstation.training.data import MaskFoldersReader
-    from qcstation.training.metrics import (
+    from qcstation.inspect.metrics import (
         auroc,
         average_precision,
         pixel_ap_iou,
@@ -165,6 +163,8 @@ def evaluate_main(
         recall_at_frr,
         roc_curve,
     )
+    from qcstation.training.api import resolve_dataset
+    from qcstation.training.data import MaskFoldersReader
     from qcstation.training.plots import histogram_plot, line_plot, overlay_grid
 
     det = Detector.from_path(model)

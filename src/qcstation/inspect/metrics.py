@@ -1,4 +1,7 @@
-"""Image- and pixel-level figures (numpy only): AUROC, AP, recall at a false-reject rate, pixel AP/IoU."""
+"""Image- and pixel-level figures (numpy only): AUROC, AP, recall at a false-reject rate, pixel AP/IoU.
+
+Here, beside the runtime, so training's evaluation and the station's benchmark score models the same way.
+"""
 
 from __future__ import annotations
 
