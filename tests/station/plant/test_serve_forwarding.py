@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,15 +17,9 @@ import pytest
 import yaml
 
 from model_factory import part_image
-from station.plant.servers import Mosquitto
+from station.plant.servers import Mosquitto, free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_serve_forwards_every_result_to_mqtt(tmp_path: Path, tiny_model: Path, broker: Mosquitto) -> None:
@@ -65,7 +58,7 @@ def test_serve_forwards_every_result_to_mqtt(tmp_path: Path, tiny_model: Path, b
             "--data-dir",
             "data",
             "--port",
-            str(_free_port()),
+            str(free_port()),
             "--mqtt",
             f"127.0.0.1:{broker.port}",
             "--station",

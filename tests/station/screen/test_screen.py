@@ -8,7 +8,6 @@ committed) and drives Debian's Chromium through Playwright. Screenshots go to ``
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from qcstation.station.settings import Settings
 from qcstation.station.sources import ListSource, TriggerSource
 from qcstation.station.store import Store
 from qcstation.station.tokens import TokenStore
+from station.plant.servers import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -59,12 +59,6 @@ GOOD = part_image((240, 320))
 BAD = part_image((240, 320), blobs=((200, 110, 22),))
 GOOD_PNG = cv2.imencode(".png", GOOD)[1].tobytes()
 BAD_PNG = cv2.imencode(".png", BAD)[1].tobytes()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -133,7 +127,7 @@ def served(tmp_path: Path, tiny_model: Path) -> Iterator[Served]:
         tokens=tokens,
         config=ApiConfig(stream_keepalive_s=1.0),
     )
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1)
     )
