@@ -474,8 +474,6 @@ class Station:
         now = self.clock()
         with self._lock:
             disposition, holds = self.monitor.observe(record_id, judgement, now)
-        if judgement.verdict is Verdict.ERROR:
-            disposition = Disposition.REJECT
         keep = self._keep_image(judgement.verdict, disposition)
         return Decision(
             record_id=record_id,
