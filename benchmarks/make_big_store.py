@@ -196,7 +196,7 @@ class Generator:
             "image_ref": None,
             "timings": _dumps(
                 {
-                    "decide_total": round(pre + infer + post + 1.0, 6),
+                    "decide": round(pre + infer + post + 1.0, 6),
                     "infer": infer,
                     "postprocess": post,
                     "preprocess": pre,

@@ -136,6 +136,39 @@ def test_tile_mode_pads_a_frame_smaller_than_a_tile(make_model) -> None:  # type
     assert probs.shape == (2, 20, 24)
 
 
+@pytest.mark.parametrize(
+    ("kw", "shape"),
+    [({}, (128, 128)), ({"size": 32, "mode": "tile", "overlap": 8}, (100, 150))],
+    ids=["resize", "tile"],
+)
+def test_prepare_run_finish_is_inspect_in_three_steps(make_model, kw, shape) -> None:  # type: ignore[no-untyped-def]
+    # given a frame with two blobs (the station prepares, runs and finishes it on three threads)
+    det = Detector.from_path(make_model(**kw))
+    image = part_image(shape, blobs=((24, 24, 5), (70, 60, 6)))
+    # when it is inspected in one call and in three steps
+    whole = det.inspect(image)
+    prepared = det.prepare(image)
+    outputs = det.run(prepared)
+    steps = det.finish(outputs)
+    # then both give the same regions and scores, and the steps time themselves
+    assert prepared.frame_shape == shape
+    assert bool(prepared.origins) == (kw.get("mode") == "tile")
+    assert [(r.class_name, r.bbox, r.area_px) for r in steps.regions] == [
+        (r.class_name, r.bbox, r.area_px) for r in whole.regions
+    ]
+    assert len(steps.regions) == 2
+    assert steps.image_score == pytest.approx(whole.image_score)
+    assert steps.timings_ms["preprocess"] == prepared.ms and steps.timings_ms["infer"] == outputs.ms
+
+
+def test_prepare_refuses_a_bad_frame_before_the_model_runs(tiny_model: Path) -> None:
+    det = Detector.from_path(tiny_model)
+    with pytest.raises(FrameError, match="expected a numpy array"):
+        det.prepare(b"not an image")  # type: ignore[arg-type]
+    with pytest.raises(FrameError):
+        det.prepare(np.zeros((4, 4, 2), np.uint8))
+
+
 def test_image_head_output_is_used(make_model) -> None:  # type: ignore[no-untyped-def]
     det = Detector.from_path(make_model(image_head=True))
     insp = det.inspect(part_image(blobs=((30, 30, 5),)))

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from model_factory import part_image
-from qcstation.inspect.detector import Detector
+from qcstation.inspect.detector import Detector, Outputs, Prepared
 from qcstation.inspect.errors import InferenceError
 from qcstation.inspect.types import Frame, Inspection
 from qcstation.station.archive import ImageArchive
@@ -283,30 +283,41 @@ def test_decisions_are_signalled_only_after_commit_even_when_the_store_fails(sta
 
 
 class _FailingDetector(Detector):
-    """The real detector, except it fails on chosen frames (provoking errors onnxruntime rarely gives)."""
+    """The real detector, except that chosen frames fail in inference or in post-processing (errors
+    onnxruntime rarely gives on demand)."""
 
-    fail_with: dict[int, Exception]
+    fail_run: dict[int, Exception]
+    fail_finish: dict[int, Exception]
     calls = 0
 
-    def inspect(self, image: np.ndarray, **kw: Any) -> Inspection:  # type: ignore[override]
+    def run(self, prepared: Prepared) -> Outputs:
         n = self.calls
         self.calls += 1
-        if n in self.fail_with:
-            raise self.fail_with[n]
-        return super().inspect(image, **kw)
+        if n in self.fail_run:
+            raise self.fail_run[n]
+        out = super().run(prepared)
+        return Outputs(prepared, out.raw, float(n))  # the call number travels to finish() in ``ms``
+
+    def finish(self, outputs: Outputs, **kw: Any) -> Inspection:  # type: ignore[override]
+        n = int(outputs.ms)
+        if n in self.fail_finish:
+            raise self.fail_finish[n]
+        return super().finish(outputs, **kw)
 
 
 def test_model_errors_become_error_records_never_a_pass(tiny_model: Path, station_factory) -> None:  # type: ignore[no-untyped-def]
     base = Detector.from_path(tiny_model)
     det = _FailingDetector(base.session, base.card, sha256=base.info.sha256, path=base.path)
-    det.fail_with = {1: InferenceError("onnxruntime failed"), 2: RuntimeError("boom")}
-    st, store, _ = station_factory(ListSource([GOOD, GOOD, GOOD, GOOD]), detector=det)
+    det.fail_run = {1: InferenceError("onnxruntime failed"), 2: RuntimeError("boom")}
+    det.fail_finish = {3: ValueError("bad map")}
+    st, store, _ = station_factory(ListSource([GOOD, GOOD, GOOD, GOOD, GOOD]), detector=det)
     st.run()
     rows = store.inspections(limit=10)
-    assert [r.verdict.value for r in rows] == ["PASS", "ERROR", "ERROR", "PASS"]
+    assert [r.verdict.value for r in rows] == ["PASS", "ERROR", "ERROR", "ERROR", "PASS"]
     assert "onnxruntime failed" in (rows[1].error or "")
     assert "internal error: RuntimeError: boom" in (rows[2].error or "")
-    assert all(r.disposition.value == "REJECT" for r in rows[1:3])
+    assert "internal error: ValueError: bad map" in (rows[3].error or "")
+    assert all(r.disposition.value == "REJECT" for r in rows[1:4])
 
 
 def test_stop_drains_everything_already_captured(station_factory) -> None:  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,34 @@ def to_model_channels(image: np.ndarray, channels: int, order: str) -> np.ndarra
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if order == "RGB" else image
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Prepared:
+    """A frame made ready for ``session.run`` (:meth:`Detector.prepare`).
+
+    Attributes:
+        batch: the input tensor, N x C x H x W float32 (N = 1 in resize mode, the tiles in tile mode).
+        frame_shape: (height, width) of the frame.
+        origins: top-left (y, x) of each tile in the padded frame; empty in resize mode.
+        padded: (height, width) of the padded frame the tiles cover (tile mode).
+        ms: time taken to prepare.
+    """
+
+    batch: np.ndarray
+    frame_shape: tuple[int, int]
+    origins: tuple[tuple[int, int], ...]
+    padded: tuple[int, int]
+    ms: float
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Outputs:
+    """The model's checked outputs for one prepared frame (:meth:`Detector.run`)."""
+
+    prepared: Prepared
+    raw: list[np.ndarray]
+    ms: float
 
 
 class Detector:
@@ -221,8 +250,57 @@ class Detector:
             raise InferenceError("model output contains NaN or infinity")
         return [probs] + [np.asarray(o) for o in out[1:]]
 
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """Everything before ``session.run``: checks, channel conversion, resize or tiling, normalisation.
+
+        The station calls this on its capture thread, so the inference thread only runs the model.
+
+        Raises:
+            FrameError: the frame cannot be inspected.
+        """
+        if not isinstance(image, np.ndarray):
+            raise FrameError(f"expected a numpy array, got {type(image).__name__}")
+        t0 = time.perf_counter()
+        h, w = image.shape[:2]
+        if self.card.inference.mode == "resize":
+            batch = self.preprocess(image)
+            return Prepared(batch, (h, w), (), (h, w), (time.perf_counter() - t0) * 1e3)
+        batch, origins, padded = self.tiles(image)
+        return Prepared(batch, (h, w), tuple(origins), padded, (time.perf_counter() - t0) * 1e3)
+
+    def run(self, prepared: Prepared) -> Outputs:
+        """``session.run`` on a prepared input, and nothing else.
+
+        Raises:
+            InferenceError: onnxruntime failed or returned something the card does not describe.
+        """
+        t0 = time.perf_counter()
+        out = self._run(prepared.batch)
+        return Outputs(prepared, out, (time.perf_counter() - t0) * 1e3)
+
+    def maps(self, outputs: Outputs) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probability maps of one frame from the model's outputs (tiles stitched back in tile mode).
+
+        Returns:
+            (C x h x w probabilities — model resolution in resize mode, frame resolution in tile mode;
+            image-level class probabilities (C,) or None).
+        """
+        out, prep = outputs.raw, outputs.prepared
+        if not prep.origins:
+            return out[0][0], (out[1][0] if len(out) > 1 else None)
+        tile = prep.batch.shape[2]
+        ph, pw = prep.padded
+        acc = np.zeros((out[0].shape[1], ph, pw), np.float32)
+        hits = np.zeros((ph, pw), np.float32)
+        for k, (y, x) in enumerate(prep.origins):
+            acc[:, y : y + tile, x : x + tile] += out[0][k]
+            hits[y : y + tile, x : x + tile] += 1.0
+        acc /= hits
+        h, w = prep.frame_shape
+        return acc[:, :h, :w], (out[1].max(axis=0) if len(out) > 1 else None)
+
     def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
-        """Probability maps for one frame.
+        """Probability maps for one frame (:meth:`prepare`, :meth:`run` and :meth:`maps` in one call).
 
         Returns:
             (C x h x w probabilities — model resolution in resize mode, frame resolution in tile mode;
@@ -232,30 +310,11 @@ class Detector:
             FrameError: the frame cannot be inspected.
             InferenceError: onnxruntime failed or returned something the card does not describe.
         """
+        outputs = self.run(self.prepare(image))
         t0 = time.perf_counter()
-        if self.card.inference.mode == "resize":
-            batch = self.preprocess(image)
-            t1 = time.perf_counter()
-            out = self._run(batch)
-            probs = out[0][0]
-            t2 = time.perf_counter()
-            image_scores = out[1][0] if len(out) > 1 else None
-        else:
-            batch, origins, (ph, pw) = self.tiles(image)
-            t1 = time.perf_counter()
-            out = self._run(batch)
-            tile = batch.shape[2]
-            acc = np.zeros((out[0].shape[1], ph, pw), np.float32)
-            hits = np.zeros((ph, pw), np.float32)
-            for k, (y, x) in enumerate(origins):
-                acc[:, y : y + tile, x : x + tile] += out[0][k]
-                hits[y : y + tile, x : x + tile] += 1.0
-            acc /= hits
-            h, w = image.shape[:2]
-            probs = acc[:, :h, :w]
-            image_scores = out[1].max(axis=0) if len(out) > 1 else None
-            t2 = time.perf_counter()
-        return probs, image_scores, {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3}
+        probs, image_scores = self.maps(outputs)
+        stitch = (time.perf_counter() - t0) * 1e3
+        return probs, image_scores, {"preprocess": outputs.prepared.ms, "infer": outputs.ms + stitch}
 
     def thresholds(self, overrides: Mapping[str, float | None] | None = None) -> dict[str, float]:
         """Effective per-class thresholds: the card's calibrated defaults, overridden where given."""
@@ -279,6 +338,9 @@ class Detector:
     ) -> Inspection:
         """Inspect one frame: probability maps, then regions and scores inside the inspected area.
 
+        The same as :meth:`finish` of :meth:`run` of :meth:`prepare`; the station calls the three steps on
+        different threads.
+
         Args:
             image: the frame (gray/BGR/BGRA, uint8/uint16).
             thresholds: per-class thresholds (default: the card's).
@@ -295,11 +357,37 @@ class Detector:
             FrameError: the frame cannot be inspected.
             InferenceError: inference failed.
         """
-        if not isinstance(image, np.ndarray):
-            raise FrameError(f"expected a numpy array, got {type(image).__name__}")
-        probs, image_head, timings = self.predict(image)
+        return self.finish(
+            self.run(self.prepare(image)),
+            thresholds=thresholds,
+            mm_per_px=mm_per_px,
+            roi=roi,
+            ignore=ignore,
+            defect_map=defect_map,
+        )
+
+    def finish(
+        self,
+        outputs: Outputs,
+        *,
+        thresholds: Mapping[str, float] | None = None,
+        mm_per_px: float | None = None,
+        roi: Sequence[Polygon] = (),
+        ignore: Sequence[Polygon] = (),
+        defect_map: bool = True,
+    ) -> Inspection:
+        """Everything after ``session.run``: stitching, regions, class and image scores.
+
+        Args:
+            outputs: what :meth:`run` returned for the frame.
+            thresholds, mm_per_px, roi, ignore, defect_map: as for :meth:`inspect`.
+
+        Returns:
+            The inspection, with timings (preprocess, infer, postprocess in ms).
+        """
         t0 = time.perf_counter()
-        h, w = image.shape[:2]
+        probs, image_head = self.maps(outputs)
+        h, w = outputs.prepared.frame_shape
         mh, mw = probs.shape[1:]
         key = (mh, mw, (tuple(map(tuple, roi)), tuple(map(tuple, ignore))))
         if key not in self._mask_cache:
@@ -316,7 +404,11 @@ class Detector:
         else:
             image_score = max(scores.values(), default=0.0)
         dmap = (np.clip(probs[1:].max(axis=0), 0.0, 1.0) * 255).astype(np.uint8) if defect_map else None
-        timings["postprocess"] = (time.perf_counter() - t0) * 1e3
+        timings = {
+            "preprocess": outputs.prepared.ms,
+            "infer": outputs.ms,
+            "postprocess": (time.perf_counter() - t0) * 1e3,
+        }
         return Inspection(
             regions=tuple(regions),
             class_scores=scores,

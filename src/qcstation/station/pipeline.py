@@ -1,11 +1,13 @@
 """The station pipeline: capture, inference and storage running concurrently.
 
-Three threads joined by bounded queues::
+Four threads joined by bounded queues::
 
-    capture ──frames──▶ decide (detector, rules, batch monitor) ──decisions──▶ commit (archive + store)
-                                                                                └──▶ sinks, after commit
+    capture (read, decode, preprocess) ──▶ infer (session.run only) ──▶ decide (post-process, rules,
+    batch monitor) ──▶ commit (archive + store) ──▶ sinks, after commit
 
-The station's throughput is set by its slowest stage, not by the sum of them. Every frame that enters ends
+The station's throughput is set by its slowest stage, not by the sum of them; on a CPU station that is the
+model, so the inference thread does nothing but ``session.run`` back to back and everything else happens on
+the other cores while it runs. Every frame that enters ends
 as a record: a frame that fails anywhere becomes verdict ERROR with disposition REJECT. Sinks (reject output,
 live screen, MES) hear of a decision only after it is durably committed. Stopping (Ctrl-C, SIGTERM, end of
 source) drains both queues, so nothing captured is dropped.
@@ -27,7 +29,7 @@ from typing import Protocol
 import numpy as np
 from uuid6 import uuid7
 
-from qcstation.inspect.detector import Detector
+from qcstation.inspect.detector import Detector, Outputs, Prepared
 from qcstation.inspect.errors import InspectError
 from qcstation.inspect.types import Frame
 from qcstation.station.archive import ImageArchive
@@ -115,6 +117,16 @@ class RunSummary:
 _END = object()
 
 
+@dataclass(slots=True, eq=False)
+class _Work:
+    """One frame on its way through capture, inference and decision; ``error`` is its first failure."""
+
+    frame: Frame
+    prepared: Prepared | None = None
+    outputs: Outputs | None = None
+    error: str | None = None
+
+
 @dataclass
 class _SwitchBatch:
     """A batch change, queued in order with frames: parts captured before it stay in the old batch."""
@@ -187,6 +199,7 @@ class Station:
         self.thresholds = detector.thresholds({c: r.threshold for c, r in rec.classes.items()})
         self.stats = StationStats()
         self._frames: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._inferred: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._decisions: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -213,7 +226,7 @@ class Station:
     def submit(self, frame: Frame) -> None:
         """Hand a frame to the decision stage, in order with captured frames (on-demand inspection)."""
         self.stats.entered += 1
-        self._put(self._frames, frame)
+        self._put(self._frames, self._prepare(frame))
 
     def start_batch(
         self, batch_id: str, *, actor: str, planned_qty: int | None = None, timeout: float = 30.0
@@ -329,6 +342,7 @@ class Station:
         )
         threads = [
             threading.Thread(target=self._guard(self._capture_loop), name="qc-capture", daemon=True),
+            threading.Thread(target=self._guard(self._infer_loop), name="qc-infer", daemon=True),
             threading.Thread(target=self._guard(self._decide_loop), name="qc-decide", daemon=True),
             threading.Thread(target=self._guard(self._commit_loop), name="qc-commit", daemon=True),
         ]
@@ -372,8 +386,8 @@ class Station:
                 log.exception("%s stopped by an unexpected error", threading.current_thread().name)
                 self._errors.append(e)
                 self._stop.set()
-                _drain_put(self._frames, _END)
-                _drain_put(self._decisions, _END)
+                for q in (self._frames, self._inferred, self._decisions):
+                    _drain_put(q, _END)
 
         return run
 
@@ -395,7 +409,7 @@ class Station:
                     if frame is None:
                         break
                     self.stats.entered += 1
-                    self._put(self._frames, frame)
+                    self._put(self._frames, self._prepare(frame))
         finally:
             self._frames.put(_END)
 
@@ -413,14 +427,54 @@ class Station:
                 if self._errors:
                     return
 
-    # -- stage 2: decide ----------------------------------------------------------------------------------
+    def _prepare(self, frame: Frame) -> _Work:
+        """Preprocess on the capturing thread (capture, or the API's for on-demand frames)."""
+        work = _Work(frame, error=frame.fault)
+        if frame.image is not None:
+            try:
+                work.prepared = self.detector.prepare(frame.image)
+            except Exception as e:
+                work.error = self._failure(frame, e)
+        return work
+
+    def _failure(self, frame: Frame, e: Exception) -> str:
+        """The record's error text for a frame whose inspection failed; never a silent PASS."""
+        if isinstance(e, InspectError):
+            return f"{frame.frame_id}: {e}"
+        log.error("inspection of %s failed unexpectedly", frame.frame_id, exc_info=e)
+        return f"{frame.frame_id}: internal error: {type(e).__name__}: {e}"
+
+    # -- stage 2: infer -----------------------------------------------------------------------------------
+
+    def _infer_loop(self) -> None:
+        """Only ``session.run``: everything else is someone else's thread. Other items pass in order."""
+        try:
+            while True:
+                item = self._frames.get()
+                if item is _END or self._errors:
+                    break
+                if isinstance(item, _Work):
+                    self._infer(item)
+                self._put(self._inferred, item)
+        finally:
+            self._inferred.put(_END)
+
+    def _infer(self, work: _Work) -> _Work:
+        if work.prepared is not None:
+            try:
+                work.outputs = self.detector.run(work.prepared)
+            except Exception as e:
+                work.error = self._failure(work.frame, e)
+        return work
+
+    # -- stage 3: decide ----------------------------------------------------------------------------------
 
     def _decide_loop(self) -> None:
         last_poll = time.monotonic()
         try:
             while True:
                 try:
-                    item = self._frames.get(timeout=0.5)
+                    item = self._inferred.get(timeout=0.5)
                 except queue.Empty:
                     self._emit_events(self.monitor.tick(self.clock()))
                     item = None
@@ -441,32 +495,36 @@ class Station:
                         item.error = e
                     item.done.set()
                     continue
-                assert isinstance(item, Frame)
-                self._put(self._decisions, self.decide(item))
+                assert isinstance(item, _Work)
+                self._put(self._decisions, self._decide(item))
         finally:
             self._decisions.put(_END)
 
     def decide(self, frame: Frame) -> Decision:
-        """Inspect, judge and place one frame in its batch. Never raises for a bad frame or a model error."""
+        """Inspect, judge and place one frame in its batch, on the calling thread (the run uses three).
+
+        Never raises for a bad frame or a model error: those become verdict ERROR.
+        """
+        return self._decide(self._infer(self._prepare(frame)))
+
+    def _decide(self, work: _Work) -> Decision:
         t0 = time.perf_counter()
+        frame = work.frame
         record_id = str(uuid7())
         inspection = None
-        error = frame.fault
-        if frame.image is not None:
+        error = work.error
+        if work.outputs is not None:
             try:
-                inspection = self.detector.inspect(
-                    frame.image,
+                inspection = self.detector.finish(
+                    work.outputs,
                     thresholds=self.thresholds,
                     mm_per_px=self.recipe.mm_per_px,
                     roi=self.recipe.roi,
                     ignore=self.recipe.ignore,
                     defect_map=False,
                 )
-            except InspectError as e:
-                error = f"{frame.frame_id}: {e}"
-            except Exception as e:  # never let an unexpected failure turn into a silent PASS
-                log.exception("inspection of %s failed unexpectedly", frame.frame_id)
-                error = f"{frame.frame_id}: internal error: {type(e).__name__}: {e}"
+            except Exception as e:  # never let a failure turn into a silent PASS
+                error = self._failure(frame, e)
         if inspection is None:
             judgement = judge_error(error or f"{frame.frame_id}: not inspected")
         else:
@@ -487,7 +545,7 @@ class Station:
             events=tuple(holds),
             keep_image=keep,
             model=self.detector.info,
-            timings_ms={"decide_total": (time.perf_counter() - t0) * 1e3},
+            timings_ms={"decide": (time.perf_counter() - t0) * 1e3},
         )
 
     def _keep_image(self, verdict: Verdict, disposition: Disposition) -> bool:
@@ -519,7 +577,7 @@ class Station:
         if events:
             self._put(self._decisions, tuple(events))
 
-    # -- stage 3: commit ----------------------------------------------------------------------------------
+    # -- stage 4: commit ----------------------------------------------------------------------------------
 
     def _commit_loop(self) -> None:
         done = False
