@@ -130,6 +130,20 @@ def test_tile_mode_stitches_native_resolution(make_model) -> None:  # type: igno
     assert cents[0] == pytest.approx((24, 24), abs=2)
 
 
+def test_tile_chunks_give_the_same_maps_as_one_batch(make_model) -> None:  # type: ignore[no-untyped-def]
+    # given the same tile model run one tile per session.run, in chunks of 5, and as one batch
+    path = make_model(size=32, mode="tile", overlap=8, image_head=True)
+    image = part_image((100, 150), blobs=((24, 24, 4), (145, 95, 4)))
+    results = [Detector.from_path(path, tile_batch=n).predict(image)[:2] for n in (1, 5, 1000)]
+    # then the stitched maps and the image head agree to float rounding
+    for probs, head in results[1:]:
+        np.testing.assert_allclose(probs, results[0][0], atol=1e-6)
+        assert head is not None and results[0][1] is not None
+        np.testing.assert_allclose(head, results[0][1], atol=1e-6)
+    with pytest.raises(ValueError, match="tile_batch >= 1"):
+        Detector.from_path(path, tile_batch=0)
+
+
 def test_tile_mode_pads_a_frame_smaller_than_a_tile(make_model) -> None:  # type: ignore[no-untyped-def]
     det = Detector.from_path(make_model(size=32, mode="tile", overlap=4))
     probs, _, _ = det.predict(part_image((20, 24)))

@@ -65,7 +65,7 @@ def test_quick_bench_fills_every_row_with_finite_positive_figures(setup: tuple[P
         assert lat.single_ms > 0 and lat.rate_hz == pytest.approx(lat.load * t.bare_fps)
     assert report.tiles is not None
     assert report.tiles.frame_shape == (1024, 1024) and report.tiles.tiles > 1
-    assert report.tiles.predict_ms > 0 and report.tiles.bare_ms > 0
+    assert report.tiles.station_ms > 0 and report.tiles.predict_ms > 0 and report.tiles.bare_ms > 0
     sm = report.softmax
     assert sm is not None
     assert sm.shipped_fps > 0 and sm.rewritten_fps > 0 and sm.max_abs_diff < 1e-5
@@ -81,7 +81,7 @@ def test_quick_bench_fills_every_row_with_finite_positive_figures(setup: tuple[P
     assert bench.finite(report)
     # and the table has one row per figure, with the load average above it
     rows = bench.rows(report)
-    assert len(rows) == 10
+    assert len(rows) == 11
     assert all(r.target for r in rows)
     text = bench.render(report)
     assert "load average" in text

@@ -25,6 +25,10 @@ from qcstation.inspect.types import Inspection, ModelInfo, check_image
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TILE_BATCH = 8
+"""Tiles per ``session.run`` in tile mode: measured on the shipped model at 2448x2048 (99 tiles), chunks of
+4-16 ran 8-10 % faster than one batch of 99 and peaked at 270-470 MB instead of 2.1 GB."""
+
 
 def to_model_channels(image: np.ndarray, channels: int, order: str) -> np.ndarray:
     """Convert a frame (gray, gray+1, BGR or BGRA; uint8 or uint16) to the model's channel layout.
@@ -69,10 +73,17 @@ class Prepared:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Outputs:
-    """The model's checked outputs for one prepared frame (:meth:`Detector.run`)."""
+    """The model's checked outputs for one prepared frame (:meth:`Detector.run`).
+
+    Attributes:
+        prepared: the input they answer.
+        raw: one list of output arrays (probability maps, then image scores if the model has them) per
+            ``session.run`` call: one call in resize mode, one per chunk of ``tile_batch`` tiles in tile mode.
+        ms: time taken by ``session.run``.
+    """
 
     prepared: Prepared
-    raw: list[np.ndarray]
+    raw: list[list[np.ndarray]]
     ms: float
 
 
@@ -83,7 +94,15 @@ class Detector:
     sessions are thread-safe and the detector keeps no per-frame state).
     """
 
-    def __init__(self, session: ort.InferenceSession, card: ModelCard, *, sha256: str, path: Path) -> None:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        card: ModelCard,
+        *,
+        sha256: str,
+        path: Path,
+        tile_batch: int = DEFAULT_TILE_BATCH,
+    ) -> None:
         """Take a ready session and its validated card (use :meth:`from_path` to make both).
 
         Args:
@@ -91,7 +110,12 @@ class Detector:
             card: the model's card, already checked against the graph.
             sha256: sha256 of the model file.
             path: where the model was loaded from.
+            tile_batch: tiles per ``session.run`` in tile mode. Small chunks bound the activation memory
+                (onnxruntime allocates activations for the whole batch) and run as fast as one large batch.
         """
+        if tile_batch < 1:
+            raise ValueError(f"expected tile_batch >= 1, got {tile_batch}")
+        self.tile_batch = tile_batch
         self.session = session
         self.card = card
         self.path = path
@@ -113,6 +137,7 @@ class Detector:
         inter_op_threads: int | None = None,
         allow_spinning: bool = False,
         warmup: bool = True,
+        tile_batch: int = DEFAULT_TILE_BATCH,
     ) -> Detector:
         """Load a model file, validate its card against its graph, and warm it up.
 
@@ -124,6 +149,7 @@ class Detector:
             allow_spinning: let idle onnxruntime threads spin-wait for work. Off by default: a station
                 runs capture, decisions and commits beside the model, and spinning threads take their cores.
             warmup: run one blank input so the first frame is not slow and a model that cannot run fails now.
+            tile_batch: tiles per ``session.run`` in tile mode (see :meth:`__init__`).
 
         Returns:
             A ready detector.
@@ -176,7 +202,7 @@ class Detector:
             )
         except ModelCardError as e:
             raise ModelCardError(f"{p}: {e}") from e
-        det = cls(session, card, sha256=hashlib.sha256(data).hexdigest(), path=p)
+        det = cls(session, card, sha256=hashlib.sha256(data).hexdigest(), path=p, tile_batch=tile_batch)
         if warmup:
             try:
                 det.predict(np.zeros((card.input.height, card.input.width), np.uint8))
@@ -275,7 +301,8 @@ class Detector:
             InferenceError: onnxruntime failed or returned something the card does not describe.
         """
         t0 = time.perf_counter()
-        out = self._run(prepared.batch)
+        batch, step = prepared.batch, self.tile_batch if prepared.origins else len(prepared.batch)
+        out = [self._run(batch[i : i + step]) for i in range(0, len(batch), step)]
         return Outputs(prepared, out, (time.perf_counter() - t0) * 1e3)
 
     def maps(self, outputs: Outputs) -> tuple[np.ndarray, np.ndarray | None]:
@@ -285,19 +312,24 @@ class Detector:
             (C x h x w probabilities — model resolution in resize mode, frame resolution in tile mode;
             image-level class probabilities (C,) or None).
         """
-        out, prep = outputs.raw, outputs.prepared
+        chunks, prep = outputs.raw, outputs.prepared
         if not prep.origins:
+            out = chunks[0]
             return out[0][0], (out[1][0] if len(out) > 1 else None)
         tile = prep.batch.shape[2]
         ph, pw = prep.padded
-        acc = np.zeros((out[0].shape[1], ph, pw), np.float32)
+        acc = np.zeros((chunks[0][0].shape[1], ph, pw), np.float32)
         hits = np.zeros((ph, pw), np.float32)
-        for k, (y, x) in enumerate(prep.origins):
-            acc[:, y : y + tile, x : x + tile] += out[0][k]
-            hits[y : y + tile, x : x + tile] += 1.0
+        origins = iter(prep.origins)
+        for out in chunks:
+            for probs in out[0]:
+                y, x = next(origins)
+                acc[:, y : y + tile, x : x + tile] += probs
+                hits[y : y + tile, x : x + tile] += 1.0
         acc /= hits
         h, w = prep.frame_shape
-        return acc[:, :h, :w], (out[1].max(axis=0) if len(out) > 1 else None)
+        heads = [out[1].max(axis=0) for out in chunks if len(out) > 1]
+        return acc[:, :h, :w], (np.max(heads, axis=0) if heads else None)
 
     def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
         """Probability maps for one frame (:meth:`prepare`, :meth:`run` and :meth:`maps` in one call).
