@@ -33,7 +33,6 @@ from qcstation.training.calibrate import summarise
 from qcstation.training.data import (
     SPLIT_FILE,
     LoadedSample,
-    MaskFoldersReader,
     check_leaks,
     dhash,
     split_by_group,
@@ -48,6 +47,7 @@ from qcstation.training.defectnet import (
 )
 from qcstation.training.errors import DatasetError
 from qcstation.training.export import export_onnx, write_card
+from qcstation.training.layouts import DatasetReader, open_dataset
 from qcstation.training.train import code_version
 
 log = logging.getLogger(__name__)
@@ -86,14 +86,9 @@ def files_sha256(paths: Sequence[Path], root: Path) -> str:
     return h.hexdigest()
 
 
-def _open(dataset: str | Path, layout: str | None, merge: str | None) -> MaskFoldersReader:
-    root = resolve_dataset(dataset)
-    if layout not in (None, MaskFoldersReader.layout):
-        raise DatasetError(
-            f"train_main/evaluate_main read the {MaskFoldersReader.layout!r} layout; for {layout!r} use "
-            "qcstation.training.train.train_dataset"
-        )
-    return MaskFoldersReader.open(root, merge=merge)
+def _open(dataset: str | Path, layout: str | None, merge: str | None) -> DatasetReader:
+    # any layout (given, from dataset.yaml, or detected): see qcstation.training.layouts
+    return open_dataset(resolve_dataset(dataset), layout=layout, merge=merge)
 
 
 def dataset_info(dataset: str | Path, *, layout: str | None = None) -> dict[str, Any]:

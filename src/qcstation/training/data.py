@@ -191,7 +191,16 @@ def read_dataset_config(root: Path) -> dict[str, Any]:
         raise DatasetError(f"dataset folder not found: {root}")
     path = root / DATASET_YAML
     if not path.is_file():
-        raise DatasetError(f"{root} has no {DATASET_YAML} (it names the layout and the classes)")
+        from qcstation.training.layouts import complete_config, detect_layout
+
+        detected = detect_layout(root)
+        if detected is None:
+            raise DatasetError(
+                f"{root} has no {DATASET_YAML} (it names the layout and the classes) and no known layout "
+                f"was recognised in it; known layouts: {sorted(READERS)}"
+            )
+        log.info("%s: no %s; detected layout %s", root, DATASET_YAML, detected)
+        return complete_config(root, {}, detected)
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -203,6 +212,11 @@ def read_dataset_config(root: Path) -> dict[str, Any]:
     layout = config.get("layout")
     if layout not in READERS:
         raise DatasetError(f"{path}: layout {layout!r} is not supported; known layouts: {sorted(READERS)}")
+    if "classes" not in config:
+        from qcstation.training.layouts import complete_config
+
+        completed = complete_config(root, config, str(layout))
+        config.update(completed)
     classes = config.get("classes")
     if (
         not isinstance(classes, list)
@@ -829,3 +843,8 @@ def check_leaks(
     for w in warnings_:
         log.warning("leaky split? %s", w)
     return warnings_
+
+
+# The readers of the other layouts (YOLO segmentation, labelme, VOC, plain images) register themselves on
+# import; imported last because they build on the classes above.
+from qcstation.training import layouts as _layouts  # noqa: E402, F401
