@@ -33,7 +33,8 @@ from qcstation.inspect.detector import Detector, Outputs, Prepared
 from qcstation.inspect.errors import InspectError
 from qcstation.inspect.types import Frame
 from qcstation.station.archive import ImageArchive
-from qcstation.station.errors import ReleaseError, StationError, StoreError
+from qcstation.station.drift import DriftMonitor, ScoreDrift
+from qcstation.station.errors import RecipeError, ReleaseError, StationError, StoreError
 from qcstation.station.holds import BatchMonitor
 from qcstation.station.recipe import LoadedRecipe
 from qcstation.station.rules import judge, judge_error
@@ -52,7 +53,7 @@ from qcstation.station.types import (
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-StationEvent = HoldRaised | HoldReleased | StationFault
+StationEvent = HoldRaised | HoldReleased | StationFault | ScoreDrift
 
 
 def utcnow() -> datetime:
@@ -84,6 +85,7 @@ class StationStats:
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
     store_fault: str | None = None
     source_fault: str | None = None
+    drift: ScoreDrift | None = None
 
     @property
     def rate(self) -> float:
@@ -197,6 +199,13 @@ class Station:
         self.housekeeping = housekeeping
         self.housekeeping_s = housekeeping_s
         self.thresholds = detector.thresholds({c: r.threshold for c, r in rec.classes.items()})
+        try:
+            self.drift = DriftMonitor.from_card(detector.card.good_scores, rec.drift)
+        except ValueError as e:
+            raise RecipeError(
+                f"cannot watch score drift with model {detector.path}: {e} (set drift: {{enabled: false}} in "
+                "the recipe to run without it)"
+            ) from e
         self.stats = StationStats()
         self._frames: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._inferred: queue.Queue[object] = queue.Queue(maxsize=queue_size)
@@ -532,6 +541,11 @@ class Station:
         now = self.clock()
         with self._lock:
             disposition, holds = self.monitor.observe(record_id, judgement, now)
+        if self.drift is not None and inspection is not None:
+            drift = self.drift.observe(inspection.image_score, judgement.verdict is Verdict.PASS, now)
+            if drift is not None:
+                log.warning("%s", drift.detail)
+                self._emit_events([drift])
         keep = self._keep_image(judgement.verdict, disposition)
         return Decision(
             record_id=record_id,
@@ -655,6 +669,15 @@ class Station:
             self.store.record_hold_raised(ev)
         elif isinstance(ev, HoldReleased):
             self.store.record_hold_released(ev)
+        elif isinstance(ev, ScoreDrift):
+            self.store.add_event(
+                "score_drift" if ev.drifting else "score_drift_cleared",
+                at=ev.at,
+                actor="station",
+                batch_id=self.batch_id,
+                reason=ev.detail,
+                data=ev.to_dict(),
+            )
         else:
             self.store.add_event(
                 "station_recovered" if ev.recovered else "station_fault",
@@ -669,6 +692,8 @@ class Station:
         if isinstance(ev, HoldRaised):
             self.stats.batch_status = BatchStatus.HOLD
             self.stats.hold = ev
+        elif isinstance(ev, ScoreDrift):
+            self.stats.drift = ev if ev.drifting else None
         for s in self.sinks:
             _safe(s.on_event, ev)
 

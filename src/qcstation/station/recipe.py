@@ -89,6 +89,15 @@ class ImageRetention(_Strict):
     retention_days: float = Field(default=90.0, gt=0.0)
 
 
+class DriftRule(_Strict):
+    """Watch of passing parts' scores against the model card's validation scores of good parts
+    (:mod:`qcstation.station.drift`). Advisory: an audit event and the status, never a verdict or a hold."""
+
+    enabled: bool = True
+    window: int = Field(default=200, ge=30, le=100_000, description="passed parts in the sliding window")
+    z_limit: float = Field(default=4.0, gt=0.0, le=50.0, description="binomial z-score that signals drift")
+
+
 class Recipe(_Strict):
     """One product's inspection recipe."""
 
@@ -101,6 +110,7 @@ class Recipe(_Strict):
     classes: dict[str, ClassRule] = Field(default_factory=dict)
     holds: HoldRules = HoldRules()
     images: ImageRetention = ImageRetention()
+    drift: DriftRule = DriftRule()
 
     @model_validator(mode="after")
     def _polygons(self) -> Self:
@@ -113,7 +123,12 @@ class Recipe(_Strict):
     @property
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the validated recipe."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        content = self.model_dump(mode="json")
+        if self.drift == DriftRule():
+            # Sections added after recipes were in use leave the hash of a recipe that does not set them
+            # unchanged, so an upgrade alone never looks like a recipe change in the records.
+            del content["drift"]
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def rule_for(self, class_name: str) -> ClassRule:
