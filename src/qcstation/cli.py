@@ -77,7 +77,7 @@ def _open_store(settings: Settings, *, must_exist: bool = True) -> Store:
 
     if must_exist and settings.database_url is None and not Path(settings.store_url).exists():
         raise ConfigError(f"no store at {settings.store_url}; run `qcstation run` first or pass --data-dir")
-    return Store.open(settings.store_url, settings.station_id)
+    return Store.open(settings.store_url, settings.station_id, synchronous=settings.sqlite_synchronous)
 
 
 def main() -> None:
@@ -928,6 +928,12 @@ def _training_errors() -> tuple[type[Exception], ...]:
     return (TrainingError,)
 
 
+LAYOUT_HELP = (
+    "dataset layout: mask_folders, yolo_seg, labelme, voc, plain_images (good images alone), "
+    "indexed_masks (default: dataset.yaml's, else detected)"
+)
+
+
 @app.command()
 def train(
     dataset: Annotated[
@@ -941,7 +947,7 @@ def train(
     mode: Annotated[
         str, typer.Option("--mode", help="supervised (defect labels) or good_only")
     ] = "supervised",
-    layout: Annotated[str | None, typer.Option("--layout", help="dataset layout (default: detected)")] = None,
+    layout: Annotated[str | None, typer.Option("--layout", help=LAYOUT_HELP)] = None,
     time_budget: Annotated[float, typer.Option("--time-budget", min=0.1, help="minutes of training")] = 35.0,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -963,8 +969,15 @@ def train(
             out.parent.mkdir(parents=True, exist_ok=True)
             print(json.dumps({"model": str(out), "summary": str(res)[:2000]}, default=str))
             return
-        from qcstation.training.api import train_main
+        from qcstation.training.api import resolve_dataset, train_main
+        from qcstation.training.layouts import detect_layout
 
+        found = layout or detect_layout(resolve_dataset(dataset))
+        if found == "plain_images" and mode != "good_only":
+            raise ConfigError(
+                f"{dataset} holds good images alone (layout plain_images): there are no defect labels to "
+                "learn from; train it in good-only mode (--mode good_only)"
+            )
         result = train_main(
             dataset,
             out,
@@ -1005,7 +1018,7 @@ def evaluate(
 @dataset_app.command("info")
 def dataset_info_cmd(
     dataset: Annotated[str, typer.Argument(help="dataset folder (or a name under $QCSTATION_DATASETS)")],
-    layout: Annotated[str | None, typer.Option("--layout")] = None,
+    layout: Annotated[str | None, typer.Option("--layout", help=LAYOUT_HELP)] = None,
 ) -> None:
     """Counts per class and split, image sizes, label coverage, and every unreadable file by name."""
     from qcstation.station.errors import ConfigError
@@ -1018,6 +1031,88 @@ def dataset_info_cmd(
     except _training_errors() as e:
         raise ConfigError(str(e)) from e
     sys.stdout.write(json.dumps(report, default=str, indent=2) + "\n")
+
+
+@app.command("export")
+def export_model(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="training checkpoint (.pt), e.g. <work>/checkpoints/best.pt")
+    ],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="the .onnx file to write")],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="real images for the parity check, calibration and INT8 (folder or name; any layout)",
+        ),
+    ] = None,
+    layout: Annotated[str | None, typer.Option("--layout", help=LAYOUT_HELP)] = None,
+    size: Annotated[
+        int | None, typer.Option("--size", min=8, help="input side (default: the checkpoint's)")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="model name in the card")] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", min=0.0, max=1.0, help="one threshold for every defect class"),
+    ] = None,
+    card_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--card-from", help="exported model of the same run: take its thresholds and provenance"
+        ),
+    ] = None,
+    target_false_reject: Annotated[
+        float, typer.Option("--target-false-reject", min=0.0, max=0.5, help="calibration target")
+    ] = 0.02,
+    int8: Annotated[bool, typer.Option("--int8", help="also write <out>-int8.onnx and compare it")] = False,
+    max_images: Annotated[int, typer.Option("--max-images", min=1, help="images for parity and INT8")] = 48,
+    latency_runs: Annotated[int, typer.Option("--latency-runs", min=1)] = 30,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Export a training checkpoint as ONNX with its card; check parity with torch, time it, optional INT8."""
+    from qcstation.station.errors import ConfigError
+
+    _training("export")
+    from qcstation.training.export import export_checkpoint
+
+    try:
+        report = export_checkpoint(
+            checkpoint,
+            out_path,
+            dataset=dataset,
+            layout=layout,
+            size=size,
+            name=name,
+            threshold=threshold,
+            card_from=card_from,
+            target_false_reject=target_false_reject,
+            max_images=max_images,
+            int8=int8,
+            latency_runs=latency_runs,
+            threads=threads,
+        )
+    except _training_errors() as e:
+        raise ConfigError(str(e)) from e
+    sys.stdout.write(json.dumps(report, default=str, indent=2) + "\n")
+    parity = report["parity"]
+    lat = report["latency"]["fp32"]
+    line = (
+        f"wrote {report['model']}: parity on {parity['images']} "
+        f"{'real' if parity['real_images'] else 'synthetic'} images, "
+        f"max |diff| {parity['max_abs_diff']:.2e}, "
+        f"verdicts identical {parity['verdicts_identical']}/{parity['images']}; "
+        f"latency {lat['median_ms']:.1f} ms (median)"
+    )
+    if "int8" in report:
+        q = report["int8"]
+        line += (
+            f"; INT8 {q['model']}: max |diff| {q['max_abs_diff_vs_fp32']:.2e}, "
+            f"{q['verdicts_changed']} verdict(s) changed, latency {q['latency']['median_ms']:.1f} ms"
+        )
+        if "image_auroc" in q:
+            line += f", image AUROC {q['image_auroc']['fp32']} -> {q['image_auroc']['int8']}"
+    err.print(line, highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -726,6 +726,19 @@ def test_open_creates_the_directory_and_schema(tmp_path: Path) -> None:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
 
 
+@pytest.mark.parametrize(("mode", "level"), [("FULL", 2), ("NORMAL", 1)])
+def test_commits_are_synced_as_configured(tmp_path: Path, mode: str, level: int) -> None:
+    # FULL (the default) syncs the WAL at every commit, so a signalled record survives a power cut
+    kw = {} if mode == "FULL" else {"synchronous": mode}
+    with Store.open(tmp_path / "q.db", "st-1", **kw) as s, s.engine.connect() as conn:  # type: ignore[arg-type]
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level
+
+
+def test_an_unknown_synchronous_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="FULL or NORMAL"):
+        Store.open(tmp_path / "q.db", "st-1", synchronous="OFF")  # type: ignore[arg-type]
+
+
 def test_open_accepts_a_sqlalchemy_url(tmp_path: Path) -> None:
     with Store.open(f"sqlite:///{tmp_path}/u.db", "st-1") as s:
         commit(s, Factory().decision())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,10 @@ class Settings(BaseSettings):
         description="onnxruntime threads per operator (default: one core left for capture and commit)",
     )
     queue_size: int = Field(default=8, ge=1, le=1024)
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description="FULL: every commit survives a power cut; NORMAL: faster, the last commits may not",
+    )
     min_free_disk: float = Field(
         default=0.10, ge=0.0, le=0.9, description="free disk share below which old PASS images are pruned"
     )

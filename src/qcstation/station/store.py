@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, Literal, NamedTuple, Self
 
 import sqlalchemy as sa
 import uuid6
@@ -87,6 +87,9 @@ _DEDICATED_KINDS = {
 
 # -- time and canonical JSON ---------------------------------------------------------------------------------
 
+
+SqliteSync = Literal["FULL", "NORMAL"]
+"""SQLite ``synchronous`` modes a store may run in (see :meth:`Store.open`)."""
 
 POOL_SIZE = 24
 """Database connections per store: the API's reader threads are capped at ``POOL_SIZE - 8``."""
@@ -532,7 +535,10 @@ def _check_limit(limit: int) -> None:
         raise ValueError(f"expected limit in 1..{MAX_LIMIT}, got {limit}")
 
 
-def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
+def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int, synchronous: SqliteSync) -> None:
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"expected synchronous FULL or NORMAL, got {synchronous!r}")
+
     @sa_event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # The driver's own transaction handling is switched off so that "begin" below decides how a
@@ -542,7 +548,7 @@ def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
         try:
             cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
         finally:
             cur.close()
@@ -580,7 +586,14 @@ class Store:
     # -- life cycle ---------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str | Path, station_id: str, *, busy_timeout_ms: int = 5000) -> Store:
+    def open(
+        cls,
+        url: str | Path,
+        station_id: str,
+        *,
+        busy_timeout_ms: int = 5000,
+        synchronous: SqliteSync = "FULL",
+    ) -> Store:
         """Open (and create if missing) the store and prove it is writable.
 
         Args:
@@ -588,6 +601,10 @@ class Store:
                 URL (``sqlite:///…``, ``postgresql+psycopg://…``).
             station_id: the station this store writes for.
             busy_timeout_ms: how long SQLite waits for another writer's lock before failing.
+            synchronous: SQLite only. ``FULL`` (default) syncs the write-ahead log at every commit, so a
+                committed record, which may already have triggered a reject or reached the MES, survives a
+                power cut. ``NORMAL`` syncs only at checkpoints: faster commits, and the last commits before
+                a power cut (not a crash of the process) may be lost.
 
         Returns:
             The open store.
@@ -631,7 +648,7 @@ class Store:
                     pool_size=POOL_SIZE,
                     max_overflow=0,
                 )
-                _sqlite_pragmas(engine, busy_timeout_ms)
+                _sqlite_pragmas(engine, busy_timeout_ms, synchronous)
             else:
                 engine = sa.create_engine(sa_url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0)
         except (sa_exc.SQLAlchemyError, ImportError) as e:
