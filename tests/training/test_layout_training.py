@@ -1,0 +1,131 @@
+"""Every dataset layout, end to end: train a tiny model a few steps, export it, and get torch's verdicts back.
+
+The exported file is loaded with the station's own :class:`~qcstation.inspect.detector.Detector`; its
+verdict on every real image (a region of some class, or PASS) must be the verdict torch gives at the same
+thresholds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qcstation.inspect.detector import Detector
+from qcstation.training.data import SegmentationDataset, Subset, normalise, split_by_group, train_transform
+from qcstation.training.engine import TrainConfig, fit, model_from_checkpoint
+from qcstation.training.errors import CheckpointError
+from qcstation.training.export import export_checkpoint, load_checkpoint_model, peak_verdicts
+from qcstation.training.layouts import open_dataset
+from qcstation.training.nets import build_model
+from training.layout_data import WRITERS
+
+pytestmark = [pytest.mark.train, pytest.mark.slow]
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _train(root: Path, out: Path) -> Path:
+    ds = SegmentationDataset.from_folder(root, size=SIZE)  # no dataset.yaml: the layout is detected
+    train, val = split_by_group(ds.samples, 0.25, seed=0)
+    config = TrainConfig(
+        classes=ds.classes,
+        arch_kwargs={"width": 8, "depth": 3},
+        epochs=2,
+        batch_size=4,
+        lr=1e-2,
+        seed=0,
+        num_threads=1,
+        max_steps_per_epoch=2,
+    )
+    net = build_model(config.arch, 1, len(ds.classes), **config.arch_kwargs)
+    return fit(net, Subset(ds, train, train_transform()), Subset(ds, val), config, out).best_checkpoint
+
+
+def _station_verdict(det: Detector, image: np.ndarray) -> str:
+    ids = sorted({r.class_id for r in det.inspect(image, defect_map=False).regions})
+    return "+".join(det.card.classes[k] for k in ids) if ids else "PASS"
+
+
+@pytest.mark.parametrize("layout", sorted(WRITERS))
+def test_train_export_and_the_station_agrees_with_torch(layout: str, tmp_path: Path) -> None:
+    # given a tiny model trained a few steps on a dataset in this layout
+    root = WRITERS[layout](tmp_path / layout)
+    checkpoint = _train(root, tmp_path / "run")
+    net, ckpt = model_from_checkpoint(checkpoint)
+    classes = tuple(ckpt["classes"])
+    frames = [s.image for s in open_dataset(root).load((SIZE, SIZE))]
+    with torch.no_grad():
+        probs = torch.softmax(net(torch.stack([normalise(f, (0.5,), (0.25,)) for f in frames])), 1).numpy()
+    peaks = probs.max(axis=(2, 3))
+    # a threshold between the images' peaks, so some frames fail and some pass
+    threshold = float(np.median(peaks[:, 1:].max(axis=1)))
+
+    # when it is exported from the checkpoint, checked on the dataset's real images
+    report = export_checkpoint(
+        checkpoint, tmp_path / "m.onnx", dataset=root, size=SIZE, threshold=threshold, latency_runs=3
+    )
+
+    # then the export checked parity on real images, and the station's detector gives torch's verdicts
+    assert report["parity"]["real_images"] and report["parity"]["images"] == 12
+    assert report["parity"]["max_abs_diff"] < 1e-4
+    assert report["latency"]["fp32"]["median_ms"] > 0
+    det = Detector.from_path(tmp_path / "m.onnx")
+    assert det.card.classes == classes == open_dataset(root).classes
+    assert det.card.provenance["checkpoint"]["kind"] == "engine"
+    assert det.card.provenance["export"]["parity"]["verdicts_identical"] == 12
+    torch_verdicts = peak_verdicts(peaks, classes, det.card.thresholds)
+    station = [_station_verdict(det, f) for f in frames]
+    assert station == torch_verdicts
+    assert "PASS" in station and any(v != "PASS" for v in station)
+
+
+def test_a_defectnet_checkpoint_exports_with_its_image_head(tmp_path: Path) -> None:
+    from qcstation.training.defectnet import DefectNet
+
+    root = WRITERS["labelme"](tmp_path / "lm")
+    torch.manual_seed(0)
+    net = DefectNet(1, 2, width=8, depth=3)
+    # tta off: this checks the checkpoint kind and the image head, not the test-time augmentation
+    config = {"classes": ["good", "defect"], "width": 8, "depth": 3, "size": SIZE, "tta": False}
+    torch.save({"config": config, "epoch": 3, "model": net.state_dict()}, tmp_path / "best.pt")
+
+    report = export_checkpoint(tmp_path / "best.pt", tmp_path / "d.onnx", dataset=root, latency_runs=3)
+
+    assert report["kind"] == "defectnet" and report["input"] == [1, SIZE, SIZE]
+    assert report["parity"]["max_abs_diff"] < 1e-4 and report["parity"]["images"] == 12
+    det = Detector.from_path(tmp_path / "d.onnx")
+    assert det.card.output.image_scores == "image_probs"
+    assert det.card.provenance["checkpoint"]["epoch"] == 3
+    model = load_checkpoint_model(tmp_path / "best.pt")
+    frames = [s.image for s in open_dataset(root).load((SIZE, SIZE))]
+    probs, image_probs = model.probabilities(torch.stack([normalise(f, (0.5,), (0.25,)) for f in frames]))
+    assert image_probs is not None
+    for f, p, ip in zip(frames, probs, image_probs, strict=True):
+        got, got_image, _ = det.predict(f)
+        assert np.abs(got - p).max() < 1e-4 and got_image is not None and np.abs(got_image - ip).max() < 1e-4
+
+
+def test_a_checkpoint_that_does_not_fit_says_what_is_wrong(tmp_path: Path) -> None:
+    from qcstation.training.defectnet import DefectNet
+
+    net = DefectNet(1, 2, width=8, depth=3)
+    config = {"classes": ["good", "defect"], "width": 16, "depth": 3, "size": SIZE}
+    torch.save({"config": config, "epoch": 1, "model": net.state_dict()}, tmp_path / "wide.pt")
+    with pytest.raises(
+        CheckpointError, match=r"wide\.pt: weights do not fit DefectNet\{'width': 16, 'depth': 3\}"
+    ):
+        load_checkpoint_model(tmp_path / "wide.pt")
+    torch.save({"weights": net.state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other\.pt is not a qcstation checkpoint"):
+        load_checkpoint_model(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*junk\.pt"):
+        load_checkpoint_model(tmp_path / "junk.pt")
