@@ -56,13 +56,14 @@ def fill(directory: Path) -> Path:
                 pass
     finally:
         os.close(fd)
-    probe = directory / "probe"
-    with pytest.raises(OSError) as e, probe.open("wb") as p:
-        p.write(b"\0" * 65536)
-        p.flush()
-        os.fsync(p.fileno())
+    probe = os.open(directory / "probe", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError, match="No space left") as e:
+            os.write(probe, b"\0" * 65536)
+    finally:
+        os.close(probe)
     assert e.value.errno == errno.ENOSPC
-    probe.unlink(missing_ok=True)
+    (directory / "probe").unlink()
     return filler
 
 
