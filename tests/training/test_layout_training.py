@@ -129,3 +129,44 @@ def test_a_checkpoint_that_does_not_fit_says_what_is_wrong(tmp_path: Path) -> No
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*junk\.pt"):
         load_checkpoint_model(tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize(("layout", "mode"), [("yolo_seg", "supervised"), ("plain_images", "good_only")])
+def test_qcstation_train_path_then_export_from_its_checkpoint(layout: str, mode: str, tmp_path: Path) -> None:
+    # given a model trained the way `qcstation train` does (DefectNet, calibrated, exported)
+    from qcstation.training.api import train_main
+
+    root = WRITERS[layout](tmp_path / layout, count=15)
+    result = train_main(
+        root,
+        tmp_path / "trained.onnx",
+        mode=mode,  # type: ignore[arg-type]
+        epochs=1,
+        time_budget_min=1.0,
+        size=SIZE,
+        width=8,
+        batch_size=4,
+        val_fraction=0.34,
+        num_threads=1,
+        work_dir=tmp_path / "work",
+        evaluate_split=None,
+    )
+    trained = Detector.from_path(result["model"])
+    assert trained.card.classes == (("good", "defect") if mode == "supervised" else ("good", "anomaly"))
+
+    # when its best checkpoint is exported again, with the trained model's card
+    report = export_checkpoint(
+        tmp_path / "work" / "checkpoints" / "best.pt",
+        tmp_path / "again.onnx",
+        dataset=root,
+        card_from=result["model"],
+        latency_runs=3,
+    )
+
+    # then the station gets the same verdicts from both files and from torch
+    again = Detector.from_path(tmp_path / "again.onnx")
+    assert report["kind"] == "defectnet" and report["calibration"]["method"] == "card"
+    assert again.card.thresholds == trained.card.thresholds
+    assert report["parity"]["verdicts_identical"] == 15 and report["parity"]["max_abs_diff"] < 1e-4
+    frames = [s.image for s in open_dataset(root).load((SIZE, SIZE))]
+    assert [_station_verdict(again, f) for f in frames] == [_station_verdict(trained, f) for f in frames]

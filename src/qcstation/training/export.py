@@ -366,7 +366,8 @@ def peak_verdicts(peaks: np.ndarray, classes: Sequence[str], thresholds: Mapping
     """
     out = []
     for row in np.asarray(peaks):
-        hit = [c for k, c in enumerate(classes) if k and row[k] >= thresholds.get(c, 0.5)]
+        # compared in float64, as the runtime compares a class's peak with its threshold
+        hit = [c for k, c in enumerate(classes) if k and float(row[k]) >= thresholds.get(c, 0.5)]
         out.append("+".join(hit) if hit else "PASS")
     return out
 
