@@ -954,6 +954,9 @@ def train(
     evaluate_split: Annotated[
         str, typer.Option("--evaluate", help="split to report on after training, or none")
     ] = ("test"),
+    augment: Annotated[
+        str, typer.Option("--augment", help="augmentation preset: light, default or heavy")
+    ] = "default",
 ) -> None:
     """Train a defect model, calibrate it on validation, export it as a self-describing ONNX file."""
     from qcstation.station.errors import ConfigError
@@ -961,6 +964,8 @@ def train(
     _training("train")
     if mode not in ("supervised", "good_only"):
         raise ConfigError(f"--mode: expected supervised or good_only, got {mode!r}")
+    if augment not in ("light", "default", "heavy"):
+        raise ConfigError(f"--augment: expected light, default or heavy, got {augment!r}")
     try:
         if dataset == "synth":
             from qcstation.training.train import train_synthetic
@@ -987,6 +992,7 @@ def train(
             time_budget_min=time_budget,
             seed=seed,
             evaluate_split=None if evaluate_split == "none" else evaluate_split,
+            augment=augment,
         )
     except _training_errors() as e:
         raise ConfigError(str(e)) from e

@@ -148,3 +148,9 @@ def test_train_on_a_plain_image_folder_without_good_only_says_what_to_do(tmp_pat
     res = qc("train", str(root), "--out", "m.onnx", "--time-budget", "0.1", "--epochs", "1", cwd=tmp_path)
     assert res.returncode == 2
     assert "good-only mode" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_train_refuses_an_unknown_augmentation_preset(tmp_path: Path) -> None:
+    res = qc("train", str(tmp_path), "--out", "m.onnx", "--augment", "wild", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "--augment: expected light, default or heavy, got 'wild'" in res.stderr

@@ -150,7 +150,9 @@ def test_qcstation_train_path_then_export_from_its_checkpoint(layout: str, mode:
         num_threads=1,
         work_dir=tmp_path / "work",
         evaluate_split=None,
+        augment="light",
     )
+    assert torch.load(tmp_path / "work" / "checkpoints" / "best.pt")["config"]["preset"] == "light"
     trained = Detector.from_path(result["model"])
     assert trained.card.classes == (("good", "defect") if mode == "supervised" else ("good", "anomaly"))
 

@@ -182,15 +182,16 @@ def train_main(
     work_dir: str | Path | None = None,
     evaluate_split: str | None = "test",
     name: str | None = None,
+    augment: str = "default",
 ) -> dict[str, Any]:
     """Train, calibrate, export and (when the dataset has a test side) evaluate a defect model.
 
     Args:
-        dataset: a mask-folders dataset folder, or its name under ``$QCSTATION_DATASETS``.
+        dataset: a dataset folder of any layout, or its name under ``$QCSTATION_DATASETS``.
         out: the ``.onnx`` file to write.
         mode: "supervised" (real masks) or "good_only" (good training images + synthetic anomalies, one
             class ``anomaly``).
-        layout: dataset layout (only mask_folders here; default: inferred).
+        layout: dataset layout (default: dataset.yaml's, else detected; see qcstation.training.layouts).
         classes: "merged" (one class ``defect``) or "folders" (one class per defect folder).
         epochs: stop after this many epochs (None: only the time budget stops).
         time_budget_min: training wall-time budget; the learning-rate schedule spans it.
@@ -205,6 +206,7 @@ def train_main(
         work_dir: checkpoints, log.csv and the evaluation report (default: a new temporary folder).
         evaluate_split: split side to evaluate the exported model on (None: skip).
         name: the model's name (default: ``<dataset>-<mode>``).
+        augment: augmentation preset: light, default or heavy.
 
     Returns:
         A summary: model path, card, validation and test figures, wall times.
@@ -244,6 +246,7 @@ def train_main(
         synthetic=mode == "good_only",
         seed=seed,
         num_threads=num_threads,
+        preset=augment,
     )
     fit = train_defect_net(train_pool, val_pool, config, work / "checkpoints")
     station = StationModel(fit.net, tta=config.tta).eval()
