@@ -42,10 +42,16 @@ def _frames(count: int, size: int, seed: int) -> list[tuple[str, int, np.ndarray
     return out
 
 
-def write_yolo(root: Path, count: int = 12, size: int = 64, seed: int = 0, *, sides: bool = False) -> Path:
-    """``images/[side/]*.png``, ``labels/[side/]*.txt`` (normalised polygons), ``data.yaml`` with names."""
+def write_yolo(
+    root: Path, count: int = 12, size: int = 64, seed: int = 0, *, sides: bool = False, test: bool = False
+) -> Path:
+    """``images/[side/]*.png``, ``labels/[side/]*.txt`` (normalised polygons), ``data.yaml`` with names.
+
+    ``sides``: every 4th frame in ``val/``, the others in ``train/``; with ``test``, frames 1, 5, 9… in
+    ``test/``.
+    """
     for k, (stem, kind, img, poly) in enumerate(_frames(count, size, seed)):
-        side = ("train" if k % 4 else "val") if sides else ""
+        side = ("val" if k % 4 == 0 else "test" if test and k % 4 == 1 else "train") if sides else ""
         (root / "images" / side).mkdir(parents=True, exist_ok=True)
         (root / "labels" / side).mkdir(parents=True, exist_ok=True)
         assert cv2.imwrite(str(root / "images" / side / f"{stem}.png"), img)

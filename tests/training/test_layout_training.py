@@ -172,3 +172,15 @@ def test_qcstation_train_path_then_export_from_its_checkpoint(layout: str, mode:
     assert report["parity"]["verdicts_identical"] == 15 and report["parity"]["max_abs_diff"] < 1e-4
     frames = [s.image for s in open_dataset(root).load((SIZE, SIZE))]
     assert [_station_verdict(again, f) for f in frames] == [_station_verdict(trained, f) for f in frames]
+
+
+def test_evaluate_reads_the_test_side_of_any_layout(tmp_path: Path) -> None:
+    from qcstation.training.evaluate import evaluate_main
+
+    root = WRITERS["yolo_seg"](tmp_path / "y", sides=True, test=True)
+    checkpoint = _train(root, tmp_path / "run")
+    export_checkpoint(checkpoint, tmp_path / "m.onnx", dataset=root, size=SIZE, latency_runs=3)
+    ev = evaluate_main(tmp_path / "m.onnx", root, split="test", out_dir=tmp_path / "eval")
+    files = sorted(r["file"] for r in ev["rows"])
+    assert files == ["images/test/part_0001.png", "images/test/part_0005.png", "images/test/part_0009.png"]
+    assert ev["metrics"]["images"] == 3 and ev["metrics"]["defective_images"] == 2

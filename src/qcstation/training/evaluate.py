@@ -131,7 +131,7 @@ def evaluate_main(
     figures_dir: str | Path | None = None,
     worst: int = 12,
 ) -> dict[str, Any]:
-    """Evaluate an exported model on one side of a mask-folders dataset, exactly as the station scores it.
+    """Evaluate an exported model on one side of a dataset (any layout), exactly as the station scores it.
 
     Every image goes through :meth:`qcstation.inspect.Detector.inspect` at its native size; the image score
     is the detector's ``image_score`` and a region is what the detector reports at the card's thresholds.
@@ -139,7 +139,7 @@ def evaluate_main(
     Args:
         model: the ``.onnx`` file.
         dataset: the dataset folder (or its name under ``$QCSTATION_DATASETS``).
-        split: the ``split.json`` side to evaluate (None: every image).
+        split: the split side to evaluate (``split.json`` or the layout's own; None: every image).
         out_dir: where ``report.md``, ``metrics.json``, ``scores.csv``, the plots and the worst-misses grid
             go (default: a new temporary folder).
         figures_dir: where the plots go (default: ``out_dir``); the worst-misses grid (it shows dataset
@@ -164,11 +164,11 @@ def evaluate_main(
         roc_curve,
     )
     from qcstation.training.api import resolve_dataset
-    from qcstation.training.data import MaskFoldersReader
+    from qcstation.training.layouts import open_dataset
     from qcstation.training.plots import histogram_plot, line_plot, overlay_grid
 
     det = Detector.from_path(model)
-    reader = MaskFoldersReader.open(resolve_dataset(dataset))
+    reader = open_dataset(resolve_dataset(dataset))
     samples = [s for s in reader.samples() if split is None or reader.split_of(s) == split]
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="qcstation-eval-"))
     figs = Path(figures_dir) if figures_dir is not None else out
