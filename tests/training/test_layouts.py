@@ -280,3 +280,28 @@ def test_a_split_that_puts_one_part_on_both_sides_is_flagged(tmp_path: Path) -> 
         "1 group(s) have images on more than one side of the split (e.g. part_000): "
         "the split may leak one part into both sides"
     ]
+
+
+def test_a_relative_dataset_path_and_windows_image_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = write_labelme(tmp_path / "lm")
+    (root / "sub").mkdir()
+    cv2.imwrite(str(root / "sub" / "a.png"), frame(np.random.default_rng(5), SIZE, 0)[0])
+    text = labelme_json(
+        "a", SIZE, [{"label": "dark", "points": [[2, 2], [9, 2], [9, 9]], "shape_type": "polygon"}]
+    )
+    (root / "json").mkdir()
+    (root / "json" / "a.json").write_text(text.replace('"a.png"', '"..\\\\sub\\\\a.png"'))
+    (root / "json" / "b.json").write_text(text.replace('"a.png"', '"../../elsewhere.png"'))
+    monkeypatch.chdir(tmp_path)
+    ds = open_dataset("lm")
+    loaded = {s.sample.image.as_posix(): s for s in ds.load()}
+    assert "lm/sub/a.png" in loaded and loaded["lm/sub/a.png"].mask[5, 7] == 1
+    assert len(loaded) == 13
+    assert ds.problems == [
+        (
+            "lm/json/b.json",
+            "label file without its image (imagePath missing, not found or outside the dataset); skipped",
+        )
+    ]

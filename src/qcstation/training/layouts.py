@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -578,14 +579,23 @@ class LabelmeReader(AnnotationReader):
                 ref = data.get("imagePath") if isinstance(data, dict) else None
             except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 ref = None
-            image = (js.parent / str(ref)).resolve() if ref else None
-            if image is None or not image.is_file():
+            image: Path | None = None
+            if ref:
+                # labelme on Windows writes backslashes; a path outside the dataset folder is not used
+                cand = Path(os.path.normpath(js.parent / str(ref).replace("\\", "/")))
+                root = os.path.abspath(self.root)
+                if cand.is_file() and os.path.commonpath([os.path.abspath(cand), root]) == root:
+                    image = cand
+            if image is None:
                 same = [js.with_suffix(s) for s in IMAGE_SUFFIXES if js.with_suffix(s).is_file()]
                 image = same[0] if same else None
             if image is None:
-                self.report(js, "label file without its image (imagePath missing or not found); skipped")
+                self.report(
+                    js,
+                    "label file without its image (imagePath missing, not found or outside the dataset); "
+                    "skipped",
+                )
                 continue
-            image = Path(image)
             out[image.resolve()] = (image, js, None)
         for img in _list_images(self.root, recursive=True):
             out.setdefault(img.resolve(), (img, None, None))
