@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -25,6 +26,8 @@ from training.layout_data import (
 )
 
 pytestmark = pytest.mark.train
+
+DatasetFactory = Callable[..., Path]
 
 SIZE = 64
 
@@ -305,3 +308,14 @@ def test_a_relative_dataset_path_and_windows_image_paths(
             "label file without its image (imagePath missing, not found or outside the dataset); skipped",
         )
     ]
+
+
+def test_indexed_masks_are_recognised_and_need_their_class_names(make_dataset: DatasetFactory) -> None:
+    root = make_dataset(count=6)
+    ds = open_dataset(root)  # its dataset.yaml names the layout and classes
+    assert ds.layout == "indexed_masks" and ds.classes == ("good", "dark", "line")
+    assert [s.source_class for s in ds.load()] == ["good", "dark", "line"] * 2
+    (root / "dataset.yaml").unlink()
+    assert detect_layout(root) == "indexed_masks"  # not a folder of plain images with a masks/ folder
+    with pytest.raises(DatasetError, match=r"layout indexed_masks needs 'classes' in dataset.yaml"):
+        open_dataset(root)

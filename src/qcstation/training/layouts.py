@@ -191,11 +191,14 @@ def assign_groups(
             hashed.append((names[p], dhash(img, 16)))
     if len(hashed) > 1:
         bits = np.array([[(h >> i) & 1 for i in range(256)] for _, h in hashed], dtype=np.float32)  # N x 256
-        # Hamming distance of every pair as two matrix products (bits differ where one has 1, other 0)
-        dist = bits @ (1.0 - bits).T + (1.0 - bits) @ bits.T
-        close = np.argwhere(np.triu(dist <= max_bits, k=1))
-        for i, j in close:
-            uf.union(hashed[int(i)][0], hashed[int(j)][0])
+        # Hamming distances as two matrix products (bits differ where one has 1, the other 0), in row
+        # blocks so a large dataset never holds the whole N x N matrix
+        for start in range(0, len(hashed), 1024):
+            block = bits[start : start + 1024]
+            dist = block @ (1.0 - bits).T + (1.0 - block) @ bits.T
+            for i, j in np.argwhere(dist <= max_bits):
+                if start + int(i) < int(j):
+                    uf.union(hashed[start + int(i)][0], hashed[int(j)][0])
     out = {p: uf.find(names[p]) for p in images}
     biggest = Counter(out.values()).most_common(1)
     if len(images) >= 10 and biggest and biggest[0][1] > len(images) // 2:
@@ -803,7 +806,19 @@ def _looks_like_mask_folders(root: Path) -> bool:
 
 
 #: detection order: the most specific layouts first, plain images last
-DETECT_ORDER: tuple[str, ...] = ("yolo_seg", "voc", "labelme", "mask_folders", "plain_images")
+DETECT_ORDER: tuple[str, ...] = (
+    "yolo_seg",
+    "voc",
+    "labelme",
+    "indexed_masks",
+    "mask_folders",
+    "plain_images",
+)
+
+
+def _looks_like_indexed_masks(root: Path) -> bool:
+    masks = root / "masks"
+    return masks.is_dir() and any((masks / f"{p.stem}.png").is_file() for p in _list_images(root))
 
 
 def detect_layout(root: Path) -> str | None:
@@ -826,6 +841,10 @@ def detect_layout(root: Path) -> str | None:
     if not root.is_dir():
         return None
     for name in DETECT_ORDER:
+        if name == "indexed_masks":
+            if _looks_like_indexed_masks(root):
+                return name
+            continue
         if name == MaskFoldersReader.layout:
             if _looks_like_mask_folders(root):
                 return name
@@ -850,6 +869,11 @@ def complete_config(root: Path, config: Mapping[str, Any], layout: str) -> dict[
         cls = READERS[layout]
         if isinstance(cls, type) and issubclass(cls, AnnotationReader):
             out["classes"] = cls.infer_classes(root, out)
+        else:
+            raise DatasetError(
+                f"{root}: layout {layout} needs 'classes' in {DATASET_YAML} (the names of the mask values "
+                "0, 1, …; 0 = good)"
+            )
     return out
 
 
