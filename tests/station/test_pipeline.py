@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,15 @@ from qcstation.station.pipeline import Station
 from qcstation.station.recipe import LoadedRecipe, load_recipe
 from qcstation.station.sources import FolderSource, ListSource
 from qcstation.station.store import Store
-from qcstation.station.types import BatchStatus, Decision, HoldRaised, StationFault
+from qcstation.station.types import (
+    BatchStatus,
+    Decision,
+    HoldRaised,
+    HoldReleased,
+    Judgement,
+    StationFault,
+    Verdict,
+)
 
 GOOD = part_image((96, 96))
 BAD = part_image((96, 96), blobs=((48, 48, 8),))
@@ -280,6 +289,69 @@ def test_decisions_are_signalled_only_after_commit_even_when_the_store_fails(sta
     assert store.count_inspections() == 3
     assert len(rec.committed) == 3
     assert rec.missing_at_signal == []
+
+
+def test_a_store_outage_past_station_fault_s_holds_the_batch(station_factory, tmp_path, tiny_model) -> None:  # type: ignore[no-untyped-def]
+    # given a store that cannot be written for about 1.4 s (three tries), while the recipe allows a station
+    # fault of 0.3 s: no reject can reach the line meanwhile, so the parts decided then must be held
+    recipe = write_recipe(tmp_path, tiny_model, holds={"station_fault_s": 0.3, "suspect_last": 2})
+    frames = [GOOD] * 12
+
+    def outage(n: int) -> None:
+        if n == 0:
+            failures["n"] = 0
+        if n == 11:
+            time.sleep(2.0)  # the last part comes after the hold went up
+
+    failures = {"n": -1}
+    st, store, rec = station_factory(Hooked(ListSource(frames), outage), recipe=recipe)
+    real_commit = store.commit
+
+    def flaky(*a: Any, **kw: Any) -> None:
+        if 0 <= failures["n"] < 3:
+            failures["n"] += 1
+            raise StoreError("disk I/O error")
+        real_commit(*a, **kw)
+
+    store.commit = flaky  # type: ignore[method-assign]
+    # when it runs through the outage
+    summary = st.run()
+    # then every part is stored, the batch is on HOLD by the station_fault rule, and the chain tells the story
+    assert failures["n"] == 3 and summary.parts == 12
+    assert summary.batch_status is BatchStatus.HOLD
+    holds = store.holds(batch_id="B1")
+    assert len(holds) == 1 and holds[0].rule == "station_fault"
+    assert "store fault" in holds[0].detail and "disk I/O error" in holds[0].detail
+    kinds = [e.kind for e in store.events(limit=100)]
+    assert kinds.index("station_fault") < kinds.index("station_recovered")
+    fault = store.events(kind="station_fault")[0]
+    back = store.events(kind="station_recovered")[0]
+    assert fault.data == back.data == {"kind": "store"}
+    assert fault.at < holds[0].raised_at < back.at  # raised during the outage, recorded once it ended
+    # and the parts decided once the hold was up (at least the last) are quarantined, never ACCEPTed
+    dispositions = [r.disposition.value for r in store.inspections(limit=100)]
+    first_held = dispositions.index("HOLD")
+    assert dispositions == ["ACCEPT"] * first_held + ["HOLD"] * (12 - first_held)
+    assert store.verify().ok
+    assert rec.missing_at_signal == []
+    assert any(isinstance(e, HoldRaised) for e in rec.events)
+
+
+def test_a_hold_not_yet_stored_is_not_taken_for_a_release(station_factory) -> None:  # type: ignore[no-untyped-def]
+    # given a monitor that has just raised a hold the commit stage has not stored yet (store: batch OPEN)
+    st, store, _ = station_factory(ListSource([]))
+    fail = Judgement(Verdict.FAIL, ("dark: 1 region",), ("dark",))
+    holds = [h for n in range(3) for h in st.monitor.observe(f"r{n}", fail, datetime.now(UTC))[1]]
+    assert len(holds) == 1 and st.monitor.status is BatchStatus.HOLD
+    # when the station polls the store for a release made elsewhere
+    st._sync_external_release()
+    # then the batch stays on hold
+    assert st.monitor.status is BatchStatus.HOLD
+    # and once the hold is stored and released through the store (CLI, API), the poll picks that up
+    store.record_hold_raised(holds[0])
+    store.record_hold_released(HoldReleased("B1", "anna", "re-checked", datetime.now(UTC)))
+    st._sync_external_release()
+    assert st.monitor.status is BatchStatus.OPEN
 
 
 class _FailingDetector(Detector):

@@ -31,6 +31,7 @@ from qcstation.station.types import (
 RULE_ORDER = ("critical_class", "consecutive_fails", "fail_rate", "p_chart", "station_fault")
 """When several rules fire on the same part, the first in this order raises the hold."""
 
+_INSPECTION = "inspection"  # the fault of ERROR verdicts, ended by the next part that is inspected
 _UCL_EPS = 1e-12  # a fail fraction equal to the UCL up to float noise is not a signal
 
 
@@ -71,7 +72,10 @@ class BatchMonitor:
         self._streak: list[str] = []
         self._window: deque[tuple[str, bool]] = deque(maxlen=rules.fail_rate.window if rules.fail_rate else 1)
         self._subgroup: list[tuple[str, bool]] = []
-        self._fault: _Fault | None = None
+        # Ongoing faults by kind: "inspection" (ERROR verdicts), or an external fault's kind ("source",
+        # "store"). An inspected part ends only the first: a store that cannot be written or a lost camera
+        # ends when its own recovery is reported.
+        self._faults: dict[str, _Fault] = {}
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -118,12 +122,11 @@ class BatchMonitor:
 
         firings: list[_Firing] = []
         if verdict is Verdict.ERROR:
-            if self._fault is None:
-                self._fault = _Fault(now, f"ERROR verdict: {'; '.join(judgement.reasons) or 'no reason'}", [])
-            self._fault.errors.append(record_id)
+            what = f"ERROR verdict: {'; '.join(judgement.reasons) or 'no reason'}"
+            self._faults.setdefault(_INSPECTION, _Fault(now, what, [])).errors.append(record_id)
             firings += self._check_fault(now)
         else:
-            self._fault = None
+            self._faults.pop(_INSPECTION, None)
             firings += self._check_quality(record_id, judgement)
 
         raised = self._raise(firings, suspects, now)
@@ -148,10 +151,9 @@ class BatchMonitor:
         if self._status is BatchStatus.CLOSED:
             return []
         if fault.recovered:
-            self._fault = None
+            self._faults.pop(fault.kind, None)
             return []
-        if self._fault is None:
-            self._fault = _Fault(fault.at, f"{fault.kind} fault: {fault.detail}", [])
+        self._faults.setdefault(fault.kind, _Fault(fault.at, f"{fault.kind} fault: {fault.detail}", []))
         return self._raise(self._check_fault(fault.at), tuple(self._recent), fault.at)
 
     def tick(self, now: datetime) -> list[HoldRaised]:
@@ -235,8 +237,7 @@ class BatchMonitor:
         self._streak.clear()
         self._window.clear()
         self._subgroup.clear()
-        if self._fault is not None:
-            self._fault = _Fault(now, self._fault.what, [])
+        self._faults = {kind: _Fault(now, f.what, []) for kind, f in self._faults.items()}
         return HoldReleased(batch_id=self.batch_id, by=by.strip(), reason=reason.strip(), at=now)
 
     def close(self, now: datetime) -> None:
@@ -309,9 +310,9 @@ class BatchMonitor:
 
     def _check_fault(self, now: datetime) -> list[_Firing]:
         limit = self.rules.station_fault_s
-        fault = self._fault
-        if limit is None or fault is None:
+        if limit is None or not self._faults:
             return []
+        fault = min(self._faults.values(), key=lambda f: f.since)
         lasted = (now - fault.since).total_seconds()
         if lasted < limit:
             return []

@@ -39,7 +39,7 @@ from qcstation.station.holds import BatchMonitor
 from qcstation.station.recipe import LoadedRecipe
 from qcstation.station.rules import judge, judge_error
 from qcstation.station.sources import Source
-from qcstation.station.store import Store
+from qcstation.station.store import Store, utc_iso
 from qcstation.station.types import (
     BatchStatus,
     Decision,
@@ -570,13 +570,24 @@ class Station:
         return every > 0 and (self._pass_seen - 1) % every == 0
 
     def _sync_external_release(self) -> None:
-        """Pick up a hold released through another process (CLI) or the API store path."""
+        """Pick up a hold released through another process (CLI) or the API store path.
+
+        Only a release of the very hold the monitor is in counts: a hold the monitor has raised but the commit
+        stage has not stored yet (or is still retrying to store) leaves the batch OPEN in the store for a
+        moment, which is no release.
+        """
         if self.monitor.status is not BatchStatus.HOLD:
             return
         batch = self.store.get_batch(self.batch_id)
         if batch is None or batch.status != BatchStatus.OPEN:
             return
         released = [h for h in self.store.holds(batch_id=self.batch_id) if h.released_at is not None]
+        current = self.monitor.hold
+        if current is not None:  # None: a batch resumed on HOLD, whose hold this run did not raise
+            raised_at = utc_iso(current.at)
+            released = [h for h in released if h.raised_at == raised_at]
+            if not released:
+                return
         who, why = (
             (released[-1].released_by or "?", released[-1].release_reason or "?") if released else ("?", "?")
         )
@@ -616,10 +627,11 @@ class Station:
 
     def _commit_group(self, group: list[object]) -> None:
         decisions = [g for g in group if isinstance(g, Decision)]
-        loose = [ev for g in group if isinstance(g, tuple) for ev in g]
-        pending = list(loose)
+        pending: list[StationEvent] = [ev for g in group if isinstance(g, tuple) for ev in g]
+        events = list(pending)
         stored = not decisions
         backoff = 0.2
+        fault: StationFault | None = None
         while True:
             try:
                 if not stored:
@@ -628,16 +640,31 @@ class Station:
                         decisions, product=self.recipe.product, recipe_hash=self.recipe_hash, image_refs=refs
                     )
                     stored = True
+                    if fault is not None:
+                        back = StationFault("store", "the store is writable again", self.clock(), True)
+                        with self._lock:
+                            self.monitor.fault(back)
+                        pending.append(back)
+                        events.append(back)
                 while pending:
                     self._store_event(pending[0])
                     pending.pop(0)
                 break
             except (StoreError, OSError) as e:
                 # The store or disk is failing: keep every decision in memory and retry; the bounded queues
-                # push back on capture meanwhile. Nothing is signalled until it is committed.
-                if self.stats.store_fault is None:
+                # push back on capture meanwhile. Nothing is signalled until it is committed, so no reject
+                # reaches the line either: a fault lasting past the recipe's station_fault_s holds the batch.
+                now = self.clock()
+                if fault is None:
                     log.error("cannot commit %d decision(s), will retry: %s", len(decisions), e)
+                    fault = StationFault("store", f"cannot write the store: {e}", now)
+                    pending.insert(0, fault)
+                    events.insert(0, fault)
                 self.stats.store_fault = str(e)
+                with self._lock:
+                    holds = self.monitor.fault(StationFault("store", fault.detail, now))
+                pending.extend(holds)
+                events.extend(holds)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         self.stats.store_fault = None
@@ -649,9 +676,9 @@ class Station:
             self.stats.latencies_ms.append((committed_at - d.frame.captured_at).total_seconds() * 1e3)
             for s in self.sinks:
                 _safe(s.on_committed, d)
-            for ev in d.events:
-                self._notify_event(ev)
-        for ev in loose:
+            for held in d.events:
+                self._notify_event(held)
+        for ev in events:
             self._notify_event(ev)
 
     def _archive(self, d: Decision) -> str | None:
