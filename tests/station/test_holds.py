@@ -271,6 +271,28 @@ def test_recovered_fault_ends_it() -> None:
     assert m.tick(at(100)) == []
 
 
+def test_an_inspected_part_does_not_end_a_store_or_camera_fault() -> None:
+    # given the store cannot be written since T0 while parts are still inspected (kept in memory)
+    m = BatchMonitor("B1", HoldRules(station_fault_s=30))
+    m.fault(StationFault("store", "disk I/O error", at(0)))
+    m.observe("p1", passed(), at(10))
+    # then the fault goes on and holds at its limit, while an ERROR-verdict fault of its own ended
+    m.observe("e2", error(), at(12))
+    m.observe("p3", passed(), at(14))
+    holds = m.tick(at(30))
+    assert [h.rule for h in holds] == ["station_fault"]
+    assert "store fault: disk I/O error" in holds[0].detail and holds[0].evidence == ()
+
+
+def test_the_oldest_ongoing_fault_is_the_one_reported() -> None:
+    m = BatchMonitor("B1", HoldRules(station_fault_s=30))
+    m.fault(StationFault("source", "camera lost", at(0)))
+    m.fault(StationFault("store", "disk full", at(20)))
+    m.fault(StationFault("source", "camera back", at(25), recovered=True))
+    assert m.tick(at(49)) == []  # the store fault alone has lasted 29 s
+    assert ["disk full" in h.detail for h in m.tick(at(50))] == [True]
+
+
 def test_tick_without_fault_rule_never_holds() -> None:
     m = BatchMonitor("B1", HoldRules())
     m.fault(StationFault("source", "camera lost", at(0)))
