@@ -208,7 +208,9 @@ class Station:
             ) from e
         self.stats = StationStats()
         self._frames: queue.Queue[object] = queue.Queue(maxsize=queue_size)
-        self._inferred: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        # Model outputs wait here for the decide stage, which is far quicker than the model: two are enough,
+        # and in tile mode each is every tile's probability maps (130 MB for 99 tiles of 256x256x5).
+        self._inferred: queue.Queue[object] = queue.Queue(maxsize=min(queue_size, 2))
         self._decisions: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._lock = threading.Lock()
