@@ -698,23 +698,13 @@ class Station:
             self.store.record_hold_raised(ev)
         elif isinstance(ev, HoldReleased):
             self.store.record_hold_released(ev)
-        elif isinstance(ev, ScoreDrift):
-            self.store.add_event(
-                "score_drift" if ev.drifting else "score_drift_cleared",
-                at=ev.at,
-                actor="station",
-                batch_id=self.batch_id,
-                reason=ev.detail,
-                data=ev.to_dict(),
-            )
         else:
+            if isinstance(ev, ScoreDrift):
+                kind, data = ("score_drift" if ev.drifting else "score_drift_cleared"), ev.to_dict()
+            else:
+                kind, data = ("station_recovered" if ev.recovered else "station_fault"), {"kind": ev.kind}
             self.store.add_event(
-                "station_recovered" if ev.recovered else "station_fault",
-                at=ev.at,
-                actor="station",
-                batch_id=self.batch_id,
-                reason=ev.detail,
-                data={"kind": ev.kind},
+                kind, at=ev.at, actor="station", batch_id=self.batch_id, reason=ev.detail, data=data
             )
 
     def _notify_event(self, ev: StationEvent) -> None:
