@@ -274,7 +274,7 @@ class AnnotationReader(LayoutReader):
 
         Raises:
             LabelFileError: the file is malformed (reported, image skipped).
-            DatasetError: it names a class the label map does not know (collected, then raised).
+            UnknownClassError: it names a class the label map does not know (collected, then raised).
         """
         raise NotImplementedError
 
@@ -327,6 +327,7 @@ class AnnotationReader(LayoutReader):
             chosen = split.get(image.resolve(), side)
             if chosen is not None:
                 self._side[image] = chosen
+            # an unlabelled (good) image gets a label path that does not exist: nothing to read or hash
             kept.append((image, label if label is not None else image.with_suffix(".nolabel")))
         if unknown:
             parts = [f"{name} (in {_shown(files, 3)})" for name, files in sorted(unknown.items())]
