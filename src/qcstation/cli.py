@@ -298,10 +298,11 @@ class _StatusLine:
         y = s.yield_
         state = s.batch_status.value + (f" ({s.hold.rule})" if s.hold else "")
         fault = f" · FAULT {s.store_fault or s.source_fault}" if (s.store_fault or s.source_fault) else ""
+        drift = " · SCORE DRIFT" if s.drift else ""
         return (
             f"parts {s.committed} · {s.rate:5.1f}/s · PASS {v['PASS']} FAIL {v['FAIL']} "
             f"REVIEW {v['REVIEW']} ERROR {v['ERROR']} · yield {'-' if y is None else f'{y:.1%}'} · "
-            f"batch {state}{fault}"
+            f"batch {state}{fault}{drift}"
         )
 
     def update(self, s: StationStats) -> None:
