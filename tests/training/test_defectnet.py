@@ -14,6 +14,7 @@ from qcstation.inspect.detector import Detector
 from qcstation.training.anomaly import smooth_noise_mask, synthesize_anomaly
 from qcstation.training.data import MaskFoldersReader
 from qcstation.training.defectnet import (
+    DefectEnsemble,
     DefectNet,
     DefectTrainConfig,
     Pool,
@@ -84,6 +85,53 @@ def test_few_steps_export_and_station_verdicts_match_torch(tmp_path: Path) -> No
         insp = det.inspect(image)
         assert insp.image_score == pytest.approx(float(heads[k, 1]), abs=1e-4)
         assert bool(insp.regions) == (heads[k, 1] >= thr)
+
+
+def test_dihedral_tta_is_invariant_to_turns_and_the_ensemble_averages_members() -> None:
+    torch.manual_seed(0)
+    members = [DefectNet(1, 2, width=8, depth=2, pool_topk=0.05) for _ in range(2)]
+    model = StationModel(DefectEnsemble(members), tta=True, rotations=True).eval()
+    assert len(model.transforms()) == 8
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        probs, img = model(x)
+        probs_t, img_t = model(torch.rot90(x, 1, dims=(2, 3)))
+        singles = [StationModel(m, tta=True, rotations=True).eval()(x)[1] for m in members]
+    torch.testing.assert_close(img_t, img, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.rot90(probs, 1, dims=(2, 3)), probs_t, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(img, (singles[0] + singles[1]) / 2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(probs[:, 1:].amax(dim=(1, 2, 3)), img[:, 1:].amax(dim=1))
+
+
+def test_two_members_train_in_parallel_and_export_as_one_graph(tmp_path: Path) -> None:
+    train, val = tiny_pool(16, 32, 0), tiny_pool(8, 32, 1)
+    config = DefectTrainConfig(
+        classes=("good", "defect"),
+        width=8,
+        depth=2,
+        size=32,
+        batch_size=4,
+        max_epochs=1,
+        ema_decay=0.9,
+        members=2,
+        num_threads=2,
+    )
+    fit = train_defect_net(train, val, config, tmp_path / "ckpt")
+    assert isinstance(fit.net, DefectEnsemble) and len(fit.members) == 2
+    assert (tmp_path / "ckpt" / "member1" / "best.pt").is_file()
+    model = StationModel(fit.net, rotations=True).eval()
+    heads, _ = predict_pool(model, val)
+    card = ModelCard(
+        name="tiny",
+        version="1",
+        classes=("good", "defect"),
+        input=InputSpec("image", 32, 32, 1, "GRAY", (0.5,), (0.25,)),
+        output=OutputSpec("probs", image_scores="image_probs"),
+        thresholds={"defect": float(np.median(heads[:, 1]))},
+    )
+    assert export_onnx(model, card, tmp_path / "tiny.onnx").max_abs_diff < 1e-4
+    det = Detector.from_path(tmp_path / "tiny.onnx")
+    assert det.inspect(val.images[0]).image_score == pytest.approx(float(heads[0, 1]), abs=1e-4)
 
 
 def test_synthetic_anomaly_mask_is_exactly_what_was_drawn() -> None:

@@ -13,11 +13,16 @@ verdict at a threshold is exactly "image score >= threshold", while the regions 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import os
+import pickle
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qcstation.inspect.metrics import auroc
+from qcstation.inspect.metrics import auroc, recall_at_frr
 from qcstation.training.anomaly import synthesize_anomaly
 from qcstation.training.data import _albumentations, normalise
 from qcstation.training.errors import TrainingError
@@ -48,6 +53,8 @@ class DefectNet(UNetSmall):
         local_contrast: side of the box filter whose output is subtracted from the image to make a second,
             illumination-free input channel (0: off). Lighting varies a lot between shots of one part; local
             contrast is what a defect changes.
+        pool_topk: share of the defect-margin map whose mean is pooled next to its maximum and mean (0: off);
+            steadier than the maximum alone, which a single noisy pixel can set.
     """
 
     def __init__(
@@ -59,15 +66,17 @@ class DefectNet(UNetSmall):
         dropout: float = 0.2,
         stem_stride: int = 2,
         local_contrast: int = 31,
+        pool_topk: float = 0.0,
     ) -> None:
         super().__init__(in_channels, num_classes, width, depth)
         self.stem_stride = stem_stride
         self.local_contrast = local_contrast
+        self.pool_topk = pool_topk
         c0 = max(4, width // 2)  # as UNetSmall's stem
         self.stem = ConvBNReLU(in_channels * (2 if local_contrast else 1), c0, stride=stem_stride)
         deep = width * 2 ** (depth - 1)
         mid = width * 2 ** max(0, depth - 2)
-        feats = 2 * deep + 2 * mid + 2 * (num_classes - 1)
+        feats = 2 * deep + 2 * mid + (3 if pool_topk > 0 else 2) * (num_classes - 1)
         self.image_head = nn.Sequential(
             nn.Linear(feats, 64), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(64, num_classes)
         )
@@ -93,53 +102,113 @@ class DefectNet(UNetSmall):
         if self.stem_stride != 1:  # a Python condition: exported graphs must not branch on shapes
             seg = F.interpolate(seg, size=x.shape[-2:], mode="bilinear", align_corners=False)
         margin = seg[:, 1:] - seg[:, :1]
-        pooled = torch.cat(
-            [
-                deep.amax(dim=(2, 3)),
-                deep.mean(dim=(2, 3)),
-                mid.amax(dim=(2, 3)),
-                mid.mean(dim=(2, 3)),
-                margin.amax(dim=(2, 3)),
-                margin.mean(dim=(2, 3)),
-            ],
-            dim=1,
-        )
-        return seg, self.image_head(pooled)
+        parts = [
+            deep.amax(dim=(2, 3)),
+            deep.mean(dim=(2, 3)),
+            mid.amax(dim=(2, 3)),
+            mid.mean(dim=(2, 3)),
+            margin.amax(dim=(2, 3)),
+            margin.mean(dim=(2, 3)),
+        ]
+        if self.pool_topk > 0:
+            flat = margin.flatten(2)
+            k = max(1, int(self.pool_topk * int(flat.shape[2])))
+            parts.append(flat.topk(k, dim=2).values.mean(dim=2))
+        return seg, self.image_head(torch.cat(parts, dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segmentation logits only (the plain segmentation interface)."""
         return self.forward_both(x)[0]
 
 
-class StationModel(nn.Module):
-    """What the station runs: flip-averaged, gated probability maps and image-level probabilities.
+class DefectEnsemble(nn.Module):
+    """Several :class:`DefectNet` s of one class list as one network: their probabilities are averaged.
+
+    ``forward_both`` returns the *log* of the members' mean softmax probabilities, so a softmax over its
+    output (what :class:`StationModel` applies) gives exactly the averaged probabilities.
 
     Args:
-        net: a :class:`DefectNet`.
-        tta: average over identity, horizontal, vertical and both flips.
+        members: the trained networks (same classes).
     """
 
-    def __init__(self, net: DefectNet, tta: bool = True) -> None:
+    def __init__(self, members: Sequence[DefectNet]) -> None:
+        super().__init__()
+        if not members:
+            raise TrainingError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log mean segmentation probabilities N x C x H x W, log mean image probabilities N x C)."""
+        seg_sum: torch.Tensor | None = None
+        img_sum: torch.Tensor | None = None
+        for net in self.members:
+            assert isinstance(net, DefectNet)
+            seg, img = net.forward_both(x)
+            s, p = seg.softmax(dim=1), img.softmax(dim=1)
+            seg_sum = s if seg_sum is None else seg_sum + s
+            img_sum = p if img_sum is None else img_sum + p
+        assert seg_sum is not None and img_sum is not None
+        n = float(len(self.members))
+        return (seg_sum / n).clamp(min=1e-12).log(), (img_sum / n).clamp(min=1e-12).log()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Log mean segmentation probabilities (the plain segmentation interface)."""
+        return self.forward_both(x)[0]
+
+
+Transform = tuple[bool, tuple[int, ...]]
+"""A dihedral test-time transform: (transpose H and W first, then flip these dims)."""
+
+
+def _apply(x: torch.Tensor, t: Transform) -> torch.Tensor:
+    transpose, dims = t
+    x = x.transpose(2, 3) if transpose else x
+    return x.flip(dims) if dims else x
+
+
+def _undo(x: torch.Tensor, t: Transform) -> torch.Tensor:
+    transpose, dims = t
+    x = x.flip(dims) if dims else x  # flips are their own inverse
+    return x.transpose(2, 3) if transpose else x
+
+
+class StationModel(nn.Module):
+    """What the station runs: test-time-augmented, gated probability maps and image-level probabilities.
+
+    Args:
+        net: a :class:`DefectNet` (or a :class:`DefectEnsemble`).
+        tta: average over identity, horizontal, vertical and both flips.
+        rotations: with ``tta``, average over all 8 dihedral transforms (the 4 flips and the 4 flips of
+            the 90°-turned image); needs a square input.
+    """
+
+    def __init__(self, net: DefectNet | DefectEnsemble, tta: bool = True, rotations: bool = False) -> None:
         super().__init__()
         self.net = net
         self.tta = tta
+        self.rotations = rotations
+
+    def transforms(self) -> list[Transform]:
+        """The transforms averaged over (ONNX has no rot90: turns are a transpose plus flips)."""
+        flips: list[tuple[int, ...]] = [(), (3,), (2,), (2, 3)]  # identity, h-flip, v-flip, both flips
+        if not self.tta:
+            return [(False, ())]
+        return [(t, f) for t in ((False, True) if self.rotations else (False,)) for f in flips]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(probs N x C x H x W, image_probs N x C)."""
-        flips: list[list[int]] = [[], [3], [2], [2, 3]] if self.tta else [[]]
+        transforms = self.transforms()
         seg_sum: torch.Tensor | None = None
         img_sum: torch.Tensor | None = None
-        for dims in flips:
-            x = image.flip(dims) if dims else image
-            seg, img = self.net.forward_both(x)
-            s = seg.softmax(dim=1)
-            s = s.flip(dims) if dims else s
+        for t in transforms:
+            seg, img = self.net.forward_both(_apply(image, t))
+            s = _undo(seg.softmax(dim=1), t)
             p = img.softmax(dim=1)
             seg_sum = s if seg_sum is None else seg_sum + s
             img_sum = p if img_sum is None else img_sum + p
         assert seg_sum is not None and img_sum is not None
-        seg_p = seg_sum / len(flips)
-        img_p = img_sum / len(flips)
+        seg_p = seg_sum / len(transforms)
+        img_p = img_sum / len(transforms)
         defect = seg_p[:, 1:]
         peak = defect.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
         # each defect class keeps its share of the map; the map's peak becomes the image score
@@ -183,16 +252,21 @@ class Pool:
 
 
 def augmentation(
-    preset: str = "default",
+    preset: str = "default", *, rotate90: bool = True
 ) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """albumentations pipeline for image + mask: flips, 90° turns, small affine, lighting, gamma, noise.
 
     Args:
         preset: "light" (flips and lighting) or "default" / "heavy" (adds affine, gamma, blur, noise).
+        rotate90: include random 90° turns. Off for parts filmed in a fixed orientation whose texture has
+            a direction (magnetic tile's grinding marks run along the tile): a turned image is then
+            nothing the camera can see.
     """
     A = _albumentations()
     strength = {"light": 0.5, "default": 1.0, "heavy": 1.5}[preset]
-    ops: list[Any] = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+    ops: list[Any] = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+    if rotate90:
+        ops.append(A.RandomRotate90(p=0.5))
     if preset != "light":
         ops.append(
             A.Affine(
@@ -228,6 +302,7 @@ class BatchMaker:
         synthetic: make the defective share by drawing anomalies onto good images (good-only mode).
         synthetic_share: in supervised mode, share of the defective draws made synthetic (class 1).
         preset: augmentation preset.
+        rotate90: random 90° turns in the augmentation.
         seed: random seed.
         mean: normalisation mean.
         std: normalisation std.
@@ -242,6 +317,7 @@ class BatchMaker:
         synthetic: bool = False,
         synthetic_share: float = 0.0,
         preset: str = "default",
+        rotate90: bool = True,
         seed: int = 0,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.25,),
@@ -252,7 +328,7 @@ class BatchMaker:
         self.synthetic = synthetic
         self.synthetic_share = synthetic_share
         self.rng = np.random.default_rng(seed)
-        self.aug = augmentation(preset)
+        self.aug = augmentation(preset, rotate90=rotate90)
         self.mean, self.std = tuple(mean), tuple(std)
         labels = pool.labels()
         self.good = np.flatnonzero(labels == 0)
@@ -328,9 +404,18 @@ class DefectTrainConfig:
         synthetic_share: supervised mode with one defect class: share of the defective draws that are
             synthetic anomalies on good training images (auxiliary, DRAEM-style).
         preset: augmentation preset.
+        rotate90: random 90° turns in the training augmentation.
         tta: flip test-time augmentation in validation and export.
+        tta_rotations: with ``tta``, the 8 dihedral transforms instead of the 4 flips.
+        pool_topk: :class:`DefectNet` ``pool_topk`` (0: image head pools the defect margin's max and mean).
+        ema_decay: per-step decay of an exponential moving average of the weights (0: off); when on, the
+            averaged weights are what is validated, kept and exported.
+        synthetic_pretrain: supervised mode: share of the time budget spent first on synthetic anomalies
+            only (every defective draw synthetic), before the real defects join.
+        members: networks trained (in parallel processes, each seeded ``seed + k``, each with its share
+            of the threads) and averaged into one :class:`DefectEnsemble`.
         seed: seed.
-        num_threads: torch threads (None: all cores).
+        num_threads: torch threads (None: all cores), shared among the members.
     """
 
     classes: tuple[str, ...]
@@ -347,7 +432,13 @@ class DefectTrainConfig:
     synthetic: bool = False
     synthetic_share: float = 0.5
     preset: str = "default"
+    rotate90: bool = True
     tta: bool = True
+    tta_rotations: bool = False
+    pool_topk: float = 0.0
+    ema_decay: float = 0.0
+    synthetic_pretrain: float = 0.0
+    members: int = 1
     seed: int = 0
     num_threads: int | None = None
 
@@ -362,13 +453,14 @@ class DefectTrainConfig:
 class DefectFitResult:
     """Outcome of :func:`train_defect_net`: the best network, its validation scores and the history."""
 
-    net: DefectNet
+    net: DefectNet | DefectEnsemble
     best_epoch: int
     best_auroc: float
     epochs_run: int
     seconds: float
     history: list[dict[str, float]]
     stopped_by: str
+    members: list[DefectFitResult] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -396,6 +488,10 @@ def train_defect_net(
 ) -> DefectFitResult:
     """Train a :class:`DefectNet` within a time budget; keep the epoch with the best validation image AUROC.
 
+    With ``config.members > 1`` the members train at the same time in separate processes (each with its
+    share of the threads, seed ``seed + k``, folder ``member<k>``) and the result is their
+    :class:`DefectEnsemble`.
+
     Args:
         train: training images (defective and good; good only in synthetic mode).
         val: validation images with real (or, in good-only mode, synthetic) defects.
@@ -406,8 +502,10 @@ def train_defect_net(
         The best network (eval mode) and the run's history.
 
     Raises:
-        TrainingError: empty sets, validation without both classes, or a diverging loss.
+        TrainingError: empty sets, validation without both classes, a diverging loss, or a failed member.
     """
+    if config.members > 1:
+        return _train_ensemble(train, val, config, Path(out_dir))
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -418,16 +516,20 @@ def train_defect_net(
     if len(val_y) == 0 or val_y.min() == val_y.max():
         raise TrainingError("validation needs good and defective images to measure the image AUROC")
     c = len(config.classes)
-    net = DefectNet(1, c, config.width, config.depth)
+    net = _new_net(config)
+    ema = copy.deepcopy(net) if config.ema_decay > 0 else None
+    kept = ema if ema is not None else net
     # the epoch monitor runs without flips (4x cheaper); the exported model and calibration use them
-    monitor = StationModel(net, tta=False)
+    monitor = StationModel(kept, tta=False)
+    synthetic_share = config.synthetic_share if c == 2 else 0.0
     maker = BatchMaker(
         train,
         config.batch_size,
         defect_share=config.defect_share,
         synthetic=config.synthetic,
-        synthetic_share=config.synthetic_share if len(config.classes) == 2 else 0.0,
+        synthetic_share=synthetic_share,
         preset=config.preset,
+        rotate90=config.rotate90,
         seed=config.seed,
     )
     steps_per_epoch = max(1, len(train.images) // config.batch_size)
@@ -442,7 +544,7 @@ def train_defect_net(
     ce_w = torch.tensor(weights, dtype=torch.float32)
     log.info(
         "DefectNet w%d d%d at %dx%d: %d train / %d val images, %d steps/epoch, budget %.1f min, %d threads, "
-        "pixel CE weights %s",
+        "pixel CE weights %s, seed %d",
         config.width,
         config.depth,
         config.size,
@@ -453,6 +555,7 @@ def train_defect_net(
         config.time_budget_min,
         threads,
         np.round(weights, 2).tolist(),
+        config.seed,
     )
     history: list[dict[str, float]] = []
     best_auc, best_epoch, step = -1.0, 0, 0
@@ -460,6 +563,7 @@ def train_defect_net(
     best_path = out / "best.pt"
     epoch_seconds = 0.0
     epoch = 0
+    lr_scale = 1.0
     for epoch in range(1, config.max_epochs + 1):
         t0 = time.perf_counter()
         net.train()
@@ -467,6 +571,9 @@ def train_defect_net(
         for _ in range(steps_per_epoch):
             elapsed = time.perf_counter() - t_start
             progress = max(step / total_steps, elapsed / budget)
+            if not config.synthetic and synthetic_share > 0:
+                # synthetic anomalies only at first, then mixed with the real defects
+                maker.synthetic_share = 1.0 if progress < config.synthetic_pretrain else synthetic_share
             lr_scale = (
                 (step + 1) / warmup
                 if step < warmup
@@ -496,6 +603,8 @@ def train_defect_net(
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             step += 1
+            if ema is not None:
+                _ema_update(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
             loss_sum += float(loss.item())
         heads, _ = predict_pool(monitor, val)
         score = heads[:, 1:].max(axis=1)
@@ -506,19 +615,24 @@ def train_defect_net(
             "lr": config.lr * lr_scale,
             "train_loss": loss_sum / steps_per_epoch,
             "val_auroc": auc,
+            "val_recall_2pct": recall_at_frr(score, val_y, 0.02)[0],
             "seconds": epoch_seconds,
         }
+        if ema is not None:
+            raw_heads, _ = predict_pool(StationModel(net, tta=False), val)
+            row["val_auroc_raw"] = auroc(raw_heads[:, 1:].max(axis=1), val_y)
         history.append(row)
         improved = auc > best_auc
         if improved:
             best_auc, best_epoch = auc, epoch
-            torch.save({"config": config.to_dict(), "epoch": epoch, "model": net.state_dict()}, best_path)
+            torch.save({"config": config.to_dict(), "epoch": epoch, "model": kept.state_dict()}, best_path)
         _append(out / "log.csv", row)
         log.info(
-            "epoch %d  loss %.4f  val image AUROC %.4f  %.0fs (total %.1f min)%s",
+            "epoch %d  loss %.4f  val image AUROC %.4f  recall@2%% %.3f  %.0fs (total %.1f min)%s",
             epoch,
             row["train_loss"],
             auc,
+            row["val_recall_2pct"],
             epoch_seconds,
             (time.perf_counter() - t_start) / 60,
             "  *best*" if improved else "",
@@ -526,13 +640,84 @@ def train_defect_net(
         if time.perf_counter() - t_start + epoch_seconds > budget:
             stopped_by = "time_budget"
             break
-    torch.save({"config": config.to_dict(), "epoch": epoch, "model": net.state_dict()}, out / "last.pt")
-    best = DefectNet(1, c, config.width, config.depth)
+    torch.save({"config": config.to_dict(), "epoch": epoch, "model": kept.state_dict()}, out / "last.pt")
+    best = _new_net(config)
     best.load_state_dict(torch.load(best_path, weights_only=True)["model"])
     best.eval()
     return DefectFitResult(
         best, best_epoch, best_auc, epoch, time.perf_counter() - t_start, history, stopped_by
     )
+
+
+def _new_net(config: DefectTrainConfig) -> DefectNet:
+    return DefectNet(1, len(config.classes), config.width, config.depth, pool_topk=config.pool_topk)
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
+        pe.lerp_(p, 1.0 - decay)
+    for be, b in zip(ema.buffers(), net.buffers(), strict=True):
+        be.copy_(b)
+
+
+def _train_ensemble(train: Pool, val: Pool, config: DefectTrainConfig, out: Path) -> DefectFitResult:
+    """Train ``config.members`` networks at once, one process each, and average them."""
+    t_start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    total = config.num_threads or os.cpu_count() or 1
+    per = max(1, total // config.members)
+    procs: list[tuple[Path, subprocess.Popen[bytes]]] = []
+    for k in range(config.members):
+        member_dir = out / f"member{k}"
+        member_dir.mkdir(parents=True, exist_ok=True)
+        member = replace(config, members=1, seed=config.seed + k, num_threads=per)
+        job = member_dir / "job.pkl"
+        with job.open("wb") as f:
+            pickle.dump((train, val, member, member_dir), f, protocol=pickle.HIGHEST_PROTOCOL)
+        env = {**os.environ, "OMP_NUM_THREADS": str(per), "MKL_NUM_THREADS": str(per)}
+        cmd = [sys.executable, "-c", f"from {__name__} import _member_main; _member_main({str(job)!r})"]
+        procs.append((member_dir, subprocess.Popen(cmd, env=env)))
+    log.info("training %d members in parallel, %d thread(s) each: %s", config.members, per, out)
+    failed = [str(d) for d, proc in procs if proc.wait() != 0]
+    if failed:
+        raise TrainingError(f"ensemble member(s) failed: {failed} (see the log above)")
+    torch.set_num_threads(total)
+    fits: list[DefectFitResult] = []
+    for member_dir, _ in procs:
+        with (member_dir / "result.pkl").open("rb") as fr:
+            fits.append(pickle.load(fr))  # our own child process wrote it
+        (member_dir / "job.pkl").unlink(missing_ok=True)
+    ensemble = DefectEnsemble([f.net for f in fits if isinstance(f.net, DefectNet)]).eval()
+    val_y = val.labels()
+    heads, _ = predict_pool(StationModel(ensemble, tta=False), val)
+    auc = auroc(heads[:, 1:].max(axis=1), val_y)
+    log.info(
+        "ensemble of %d: val image AUROC %.4f (members %s)",
+        len(fits),
+        auc,
+        [round(f.best_auroc, 4) for f in fits],
+    )
+    return DefectFitResult(
+        ensemble,
+        max(f.best_epoch for f in fits),
+        auc,
+        max(f.epochs_run for f in fits),
+        time.perf_counter() - t_start,
+        [row | {"member": float(k)} for k, f in enumerate(fits) for row in f.history],
+        ",".join(sorted({f.stopped_by for f in fits})),
+        fits,
+    )
+
+
+def _member_main(job: str) -> None:
+    """Child-process entry of :func:`_train_ensemble`: train one member, pickle its result."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s member %(process)d %(message)s")
+    with open(job, "rb") as f:
+        train, val, config, out = pickle.load(f)  # written by our parent process
+    fit = train_defect_net(train, val, config, out)
+    with (Path(out) / "result.pkl").open("wb") as f:
+        pickle.dump(fit, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _append(path: Path, row: dict[str, float]) -> None:
