@@ -38,6 +38,7 @@ from qcstation.training.data import (
     split_by_group,
 )
 from qcstation.training.defectnet import (
+    SUPERVISED_RECIPE,
     DefectTrainConfig,
     Pool,
     StationModel,
@@ -194,7 +195,9 @@ def train_main(
         layout: dataset layout (default: dataset.yaml's, else detected; see qcstation.training.layouts).
         classes: "merged" (one class ``defect``) or "folders" (one class per defect folder).
         epochs: stop after this many epochs (None: only the time budget stops).
-        time_budget_min: training wall-time budget; the learning-rate schedule spans it.
+        time_budget_min: training wall-time budget; the learning-rate schedule spans it. Supervised mode
+            trains :data:`~qcstation.training.defectnet.SUPERVISED_RECIPE`'s two members at once (each
+            with half the threads), so the budget is wall time for both.
         size: square model input side (frames are resized to it).
         width: U-Net width.
         batch_size: images per step.
@@ -247,6 +250,7 @@ def train_main(
         seed=seed,
         num_threads=num_threads,
         preset=augment,
+        **(SUPERVISED_RECIPE if mode == "supervised" else {}),
     )
     fit = train_defect_net(train_pool, val_pool, config, work / "checkpoints")
     station = StationModel(fit.net, tta=config.tta).eval()
@@ -304,7 +308,8 @@ def train_main(
             "created_at": created.isoformat(timespec="seconds"),
             "training": {
                 **{k: v for k, v in config.to_dict().items() if k != "classes"},
-                "arch": "DefectNet (unet_small + image head, gated maps, flip TTA)",
+                "arch": "DefectNet (unet_small + image head, gated maps, flip TTA"
+                + (f", mean of {config.members} members)" if config.members > 1 else ")"),
                 "epochs_run": fit.epochs_run,
                 "best_epoch": fit.best_epoch,
                 "stopped_by": fit.stopped_by,
