@@ -70,3 +70,27 @@ def test_token_lookups_are_cached_and_a_revocation_takes_effect_within_the_cache
         time.sleep(0.25)
         with pytest.raises(ApiError, match="revoked"):
             auth.authenticate(header)
+
+
+def test_the_cache_only_path_answers_from_memory_and_says_when_it_cannot(tmp_path: Path) -> None:
+    from qcstation.station.api.auth import Authenticator
+    from qcstation.station.api.errors import ApiError
+
+    with Store.open(tmp_path / "s.db", "st-1") as store:
+        tokens = TokenStore(store)
+        issued = tokens.issue("mes-1", "mes", by="test")
+        auth = Authenticator(tokens, loopback_only=True, cache_s=60.0)
+        header = f"Bearer {issued.secret}"
+        # a token never looked up, and "is any token active" never asked: the event loop must not decide
+        assert auth.authenticate_cached(header) is None
+        assert auth.authenticate_cached(None) is None
+        # after one lookup (in a worker thread, in the app) the same answers come from memory
+        assert auth.authenticate(header).name == "mes-1"
+        cached = auth.authenticate_cached(header)
+        assert cached is not None and cached.name == "mes-1"
+        auth.anonymous_allowed()
+        with pytest.raises(ApiError, match="missing bearer token"):
+            auth.authenticate_cached(None)
+        # a malformed header needs no lookup to be refused
+        with pytest.raises(ApiError, match="malformed"):
+            auth.authenticate_cached("Basic abc")

@@ -29,7 +29,7 @@ from qcstation.station.api.schemas import ErrorOut
 from qcstation.station.archive import ImageArchive
 from qcstation.station.pipeline import Station
 from qcstation.station.settings import Settings
-from qcstation.station.store import POOL_SIZE, Store
+from qcstation.station.store import Store
 from qcstation.station.tokens import TokenStore
 
 API_PREFIX = "/api/v1"
@@ -163,9 +163,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # Sync routes run in anyio's thread pool; keep it below the store's connection pool so API reads can
-        # never hold every connection while the station's commit thread waits for one.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = max(4, POOL_SIZE - 8)
+        # Store reads and sync routes run in anyio's thread pool (40 threads by default); see worker_threads.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = cfg.worker_threads
         if control is not None:
             control.start()
         try:

@@ -128,25 +128,34 @@ class Authenticator:
 
     def anonymous_allowed(self) -> bool:
         """True while anonymous read-only access is on (loopback bind, no active token)."""
-        if not self.loopback_only:
-            return False
-        now = time.monotonic()
-        with self._lock:
-            cached = self._any
-        if cached is None or now - cached[0] > self.cache_s:
-            cached = (now, self.tokens.any_active())
-            with self._lock:
-                self._any = cached
-        return not cached[1]
+        allowed = self._anonymous(query=True)
+        assert allowed is not None
+        return allowed
 
     def authenticate(self, authorization: str | None) -> Principal:
-        """The principal of a request.
+        """The principal of a request (may query the token store).
 
         Raises:
             ApiError: 401 for a missing (when required), malformed, unknown or revoked token.
         """
+        principal = self._principal(authorization, query=True)
+        assert principal is not None
+        return principal
+
+    def authenticate_cached(self, authorization: str | None) -> Principal | None:
+        """:meth:`authenticate` from what is remembered, never touching the store; None when it would have to.
+
+        Raises:
+            ApiError: as :meth:`authenticate`.
+        """
+        return self._principal(authorization, query=False)
+
+    def _principal(self, authorization: str | None, *, query: bool) -> Principal | None:
         if not authorization:
-            if self.anonymous_allowed():
+            allowed = self._anonymous(query=query)
+            if allowed is None:
+                return None
+            if allowed:
                 return ANONYMOUS
             raise _unauthorized(
                 "missing bearer token: send 'Authorization: Bearer <token>' "
@@ -159,27 +168,46 @@ class Authenticator:
             raise _unauthorized("malformed Authorization header: expected 'Bearer <token>'", invalid=True)
         if len(secret) > 256:
             raise _unauthorized("unknown token", invalid=True)
-        info = self._lookup(secret)
+        known, info = self._lookup(secret, query=query)
+        if not known:
+            return None
         if info is None:
             raise _unauthorized("unknown token", invalid=True)
         if not info.active:
             raise _unauthorized(f"token {info.name!r} was revoked at {info.revoked_at}", invalid=True)
         return Principal(info.name, info.role)
 
+    def _anonymous(self, *, query: bool) -> bool | None:
+        """Anonymous reads allowed; None when that is not remembered and ``query`` is False."""
+        if not self.loopback_only:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            cached = self._any
+        if cached is None or now - cached[0] > self.cache_s:
+            if not query:
+                return None
+            cached = (now, self.tokens.any_active())
+            with self._lock:
+                self._any = cached
+        return not cached[1]
 
-    def _lookup(self, secret: str) -> TokenInfo | None:
+    def _lookup(self, secret: str, *, query: bool) -> tuple[bool, TokenInfo | None]:
+        """(known, ``tokens.lookup``), remembered for ``cache_s``; (False, None) if not and not ``query``."""
         key = hash_token(secret)  # never keep the secret itself, not even in memory
         now = time.monotonic()
         with self._lock:
             hit = self._known.get(key)
         if hit is not None and now - hit[0] <= self.cache_s:
-            return hit[1]
+            return True, hit[1]
+        if not query:
+            return False, None
         info = self.tokens.lookup(secret)
         with self._lock:
             if len(self._known) > 1024:
                 self._known.clear()
             self._known[key] = (now, info)
-        return info
+        return True, info
 
 
 def authorize(principal: Principal, action: Action) -> Principal:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,7 +25,7 @@ from qcstation.station.api.errors import ApiError
 from qcstation.station.api.live import LiveFeed
 from qcstation.station.archive import ImageArchive
 from qcstation.station.settings import Settings
-from qcstation.station.store import Store
+from qcstation.station.store import POOL_SIZE, Store
 from qcstation.station.tokens import TokenStore
 
 
@@ -39,6 +40,13 @@ class ApiConfig(BaseSettings):
     inspect_timeout_s: float = Field(default=30.0, gt=0, description="how long an upload waits for commit")
     stream_queue: int = Field(default=256, ge=1, le=100_000, description="per-client stream queue")
     stream_keepalive_s: float = Field(default=15.0, gt=0)
+    worker_threads: int = Field(
+        default=POOL_SIZE - 8,
+        ge=1,
+        le=POOL_SIZE - 8,
+        description="threads running store reads and sync routes at once (below the store's connection pool, "
+        "so API reads can never hold every connection while the station's commit waits for one)",
+    )
 
 
 @dataclass
@@ -67,7 +75,11 @@ class ApiContext:
         return self.control
 
 
-def get_ctx(request: Request) -> ApiContext:
+# The dependencies below are coroutines on purpose: FastAPI runs a plain ``def`` dependency in the thread
+# pool, one hand-off (and one GIL hand-back) per dependency per request, for work of a few microseconds.
+
+
+async def get_ctx(request: Request) -> ApiContext:
     """The app's context."""
     ctx: ApiContext = request.app.state.ctx
     return ctx
@@ -76,16 +88,20 @@ def get_ctx(request: Request) -> ApiContext:
 Ctx = Annotated[ApiContext, Depends(get_ctx)]
 
 
-def get_principal(request: Request, ctx: Ctx) -> Principal:
-    """Who the request is (401 when it cannot say)."""
-    return ctx.auth.authenticate(request.headers.get("authorization"))
+async def get_principal(request: Request, ctx: Ctx) -> Principal:
+    """Who the request is (401 when it cannot say); the token store is queried in a worker thread."""
+    header = request.headers.get("authorization")
+    principal = ctx.auth.authenticate_cached(header)
+    if principal is None:  # not remembered: one query, at most once per token per cache_s
+        principal = await run_in_threadpool(ctx.auth.authenticate, header)
+    return principal
 
 
 Caller = Annotated[Principal, Depends(get_principal)]
 
 
 def _role(action: Action) -> object:
-    def dep(principal: Caller) -> Principal:
+    async def dep(principal: Caller) -> Principal:
         return authorize(principal, action)
 
     dep.__name__ = f"may_{action.name.lower()}"

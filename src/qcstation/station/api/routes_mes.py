@@ -8,6 +8,7 @@ from typing import Annotated
 import cv2
 import numpy as np
 from fastapi import APIRouter, Path, Query, Response
+from fastapi.concurrency import run_in_threadpool
 
 from qcstation.inspect.overlay import draw_overlay
 from qcstation.inspect.types import Inspection, ModelInfo
@@ -25,12 +26,12 @@ from qcstation.station.api.schemas import (
     EventPage,
     HoldOut,
     InspectionDetailOut,
-    InspectionOut,
     InspectionPage,
     SerialHistoryOut,
     Verdict,
+    inspection_fields,
 )
-from qcstation.station.review import reviews_for
+from qcstation.station.review import Review, reviews_for
 from qcstation.station.store import InspectionRecord
 
 router = APIRouter(tags=["mes"])
@@ -58,7 +59,7 @@ def _utc(name: str, value: datetime | None) -> datetime | None:
 
 
 @router.get("/inspections", response_model=InspectionPage, summary="List results (filtered, paged)")
-def list_inspections(
+async def list_inspections(
     ctx: Ctx,
     _who: Reader,
     batch: Annotated[str | None, Query(pattern=BATCH_ID_PATTERN, description="job (batch) id")] = None,
@@ -80,7 +81,8 @@ def list_inspections(
         raise ApiError(400, "bad_filter", f"since ({since_u.isoformat()}) must be before until")
     after = decode_cursor("i", cursor) if cursor else None
     try:
-        rows = ctx.store.inspections(
+        rows = await run_in_threadpool(
+            ctx.store.inspections,
             batch_id=batch,
             serial=serial,
             verdict=verdict,
@@ -93,8 +95,9 @@ def list_inspections(
     except ValueError as e:
         raise ApiError(400, "bad_cursor" if "cursor" in str(e) else "bad_filter", str(e)) from e
     next_cursor = encode_cursor("i", rows[-1].id) if rows else cursor
-    return InspectionPage(
-        items=[InspectionOut.of(r) for r in rows], next_cursor=next_cursor, has_more=len(rows) == limit
+    items = [inspection_fields(r) for r in rows]
+    return InspectionPage.model_validate(
+        {"items": items, "next_cursor": next_cursor, "has_more": len(rows) == limit}
     )
 
 
@@ -105,11 +108,16 @@ def _record(ctx: ApiContext, result_id: str) -> InspectionRecord:
     return rec
 
 
-@router.get("/inspections/{result_id}", response_model=InspectionDetailOut, summary="One result")
-def get_inspection(ctx: Ctx, _who: Reader, result_id: ResultId) -> InspectionDetailOut:
-    """One result by id (any station in this database), with its latest quality review (``review``)."""
+def _record_and_review(ctx: ApiContext, result_id: str) -> tuple[InspectionRecord, Review | None]:
     rec = _record(ctx, result_id)
-    return InspectionDetailOut.with_review(rec, reviews_for(ctx.store).latest(rec.id))
+    return rec, reviews_for(ctx.store).latest(rec.id)
+
+
+@router.get("/inspections/{result_id}", response_model=InspectionDetailOut, summary="One result")
+async def get_inspection(ctx: Ctx, _who: Reader, result_id: ResultId) -> InspectionDetailOut:
+    """One result by id (any station in this database), with its latest quality review (``review``)."""
+    rec, review = await run_in_threadpool(_record_and_review, ctx, result_id)
+    return InspectionDetailOut.with_review(rec, review)
 
 
 _IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
@@ -172,12 +180,12 @@ def get_overlay(ctx: Ctx, _who: Reader, result_id: ResultId) -> Response:
 
 
 @router.get("/serials/{serial}/history", response_model=SerialHistoryOut, summary="A part's whole history")
-def serial_history(
+async def serial_history(
     ctx: Ctx, _who: Reader, serial: Annotated[str, Path(pattern=SERIAL_PATTERN)]
 ) -> SerialHistoryOut:
     """Every result of one serial number at every station in this database, oldest first (up to 1000)."""
-    rows = ctx.store.serial_history(serial, limit=1000)
-    return SerialHistoryOut(part_id=serial, items=[InspectionOut.of(r) for r in rows])
+    rows = await run_in_threadpool(ctx.store.serial_history, serial, limit=1000)
+    return SerialHistoryOut.model_validate({"part_id": serial, "items": [inspection_fields(r) for r in rows]})
 
 
 # -- batches --------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ router = APIRouter(tags=["review"])
 ResultId = Annotated[str, Path(pattern=UUID_PATTERN, description="result id (UUID)")]
 
 
-def _may_review(principal: Caller) -> Principal:
+async def _may_review(principal: Caller) -> Principal:
     return authorize(principal, Action.OVERRIDE)
 
 

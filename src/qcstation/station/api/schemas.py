@@ -9,12 +9,13 @@ frame), ``creation_time`` (CreationTime), ``processing_times`` (ProcessingTimes)
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from qcstation.station.review import Review
-from qcstation.station.store import BatchRow, EventRecord, HoldRecord, InspectionRecord, parse_utc
+from qcstation.station.store import BatchRow, EventRecord, HoldRecord, InspectionRecord
 
 BATCH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 SERIAL_PATTERN = r"^[^\x00-\x1f\x7f/\\]{1,200}$"
@@ -104,38 +105,50 @@ class InspectionOut(_Out):
     @classmethod
     def of(cls, r: InspectionRecord) -> InspectionOut:
         """From a stored record."""
-        try:
-            duration = (parse_utc(r.decided_at) - parse_utc(r.captured_at)).total_seconds() * 1e3
-        except ValueError:
-            duration = 0.0
-        return cls(
-            result_id=r.id,
-            part_id=r.serial,
-            product_id=r.product,
-            recipe_id=r.recipe_hash,
-            job_id=r.batch_id,
-            measurement_id=r.frame_id,
-            creation_time=r.decided_at,
-            processing_times=ProcessingTimesOut(
-                start_time=r.captured_at,
-                end_time=r.decided_at,
-                processing_duration_ms=round(duration, 3),
-                stages_ms=dict(r.timings),
-            ),
-            result_state=r.verdict.value,
-            disposition=r.disposition.value,
-            station_id=r.station,
-            source=r.source,
-            model=ModelOut(name=r.model_name, version=r.model_version, sha256=r.model_sha256),
-            reasons=list(r.reasons),
-            regions=[RegionOut.model_validate(g.to_dict()) for g in r.regions],
-            class_scores=dict(r.class_scores),
-            image_score=r.image_score,
-            image_available=r.image_ref is not None,
-            error=r.error,
-            seq=r.seq,
-            hash=r.hash,
-        )
+        return cls.model_validate(inspection_fields(r))
+
+
+def _duration_ms(start: str, end: str) -> float:
+    try:  # utc_iso text; fromisoformat reads it ~10x faster than strptime, which was most of a list page
+        return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds() * 1e3, 3)
+    except ValueError:
+        return 0.0
+
+
+def inspection_fields(r: InspectionRecord) -> dict[str, Any]:
+    """The fields of :class:`InspectionOut` for a stored record, as plain values.
+
+    A page validates them once, in one call (``InspectionPage.model_validate``), instead of building five
+    models per result in Python.
+    """
+    return {
+        "result_id": r.id,
+        "part_id": r.serial,
+        "product_id": r.product,
+        "recipe_id": r.recipe_hash,
+        "job_id": r.batch_id,
+        "measurement_id": r.frame_id,
+        "creation_time": r.decided_at,
+        "processing_times": {
+            "start_time": r.captured_at,
+            "end_time": r.decided_at,
+            "processing_duration_ms": _duration_ms(r.captured_at, r.decided_at),
+            "stages_ms": r.timings,
+        },
+        "result_state": r.verdict.value,
+        "disposition": r.disposition.value,
+        "station_id": r.station,
+        "source": r.source,
+        "model": {"name": r.model_name, "version": r.model_version, "sha256": r.model_sha256},
+        "reasons": r.reasons,
+        "regions": [g.to_dict() for g in r.regions],
+        "class_scores": r.class_scores,
+        "image_score": r.image_score,
+        "image_available": r.image_ref is not None,
+        "error": r.error,
+        "seq": r.seq,
+        "hash": r.hash,
+    }
 
 
 class ReviewOut(_Out):
@@ -175,8 +188,9 @@ class InspectionDetailOut(InspectionOut):
     @classmethod
     def with_review(cls, r: InspectionRecord, review: Review | None) -> InspectionDetailOut:
         """From a stored record and its latest review."""
-        base = InspectionOut.of(r).model_dump()
-        return cls(**base, review=None if review is None else ReviewOut.of(review))
+        return cls.model_validate(
+            {**inspection_fields(r), "review": None if review is None else ReviewOut.of(review)}
+        )
 
 
 class ReviewIn(_In):
