@@ -620,9 +620,15 @@ def serve(
             + (f"\nforwarding to {', '.join(sk.name for sk in sinks)}" if sinks else ""),
             highlight=False,
         )
+        # After every native call (session.run above all) the station's threads must take the GIL back from
+        # API request handling, which holds it in pure Python; a waiting thread waits up to one switch
+        # interval (5 ms by default) before the holder is made to drop it. docs/bench-api.md measures this.
+        switch_before = sys.getswitchinterval()
+        sys.setswitchinterval(settings.switch_interval_ms / 1000)
         try:
             uvicorn.run(web, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
         finally:
+            sys.setswitchinterval(switch_before)
             if forwarder is not None:
                 forwarder.stop()
     finally:

@@ -44,6 +44,13 @@ class Settings(BaseSettings):
         default="FULL",
         description="FULL: every commit survives a power cut; NORMAL: faster, the last commits may not",
     )
+    switch_interval_ms: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=100.0,
+        description="Python's GIL switch interval under `qcstation serve` (CPython's default is 5 ms): how "
+        "long the station's threads may wait for the GIL behind API request handling",
+    )
     min_free_disk: float = Field(
         default=0.10, ge=0.0, le=0.9, description="free disk share below which old PASS images are pruned"
     )
