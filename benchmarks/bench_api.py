@@ -1,6 +1,7 @@
 """The REST API under 50 concurrent clients while the station runs, over a store of 1,000,000 inspections.
 
     python benchmarks/bench_api.py [--clients 50] [--phase-s 30] [--paced-rps 2] [--repeats 1]
+        [--variant NAME:KEY=VALUE,... ...] [--rounds 1] [--no-single]
 
 What it does, in one run:
 
@@ -20,6 +21,14 @@ What it does, in one run:
 6. the station's rate is the number of inspections it committed in the phase's window (read from the store's
    chain, not through the loaded API), divided by the window; a load phase is compared with the mean of the
    idle phases around it.
+
+The ids, serials and batches asked for are drawn from the built store only (``BIG-…`` batches), never from
+parts earlier runs added (see :func:`pick_targets`).
+
+``--variant NAME:KEY=VALUE,…`` (repeatable) runs the whole plan once per server configuration, given as the
+server's environment (``QCSTATION_SWITCH_INTERVAL_MS=1``, ``QCSTATION_API_WORKER_THREADS=4``, or
+``PYTHONPATH=<another checkout>/src`` for other code); ``--rounds N`` runs the variants in turn N times
+(A B A B …), a fresh server each time, so that a machine whose load drifts affects every variant alike.
 
 ``--split`` is the what-if of a proposed fix: the same phases with the station alone in ``qcstation run`` and
 the API in a second, read-only process over the same store.
@@ -93,11 +102,20 @@ class Targets:
 
 
 def pick_targets(db_path: Path, station: str, n: int = 5000, seed: int = 7) -> Targets:
-    """Random existing result ids, serials (from those ids' rows) and batches, read straight from SQLite."""
+    """Random existing result ids, serials (from those ids' rows) and batches, read straight from SQLite.
+
+    Only from the built store (``make_big_store.py``: seq up to the last ``BIG-`` batch's close, batches
+    ``BIG-…``), never from parts earlier benchmark runs added: those loop over the same sample files, so their
+    serials (``part_0001`` …) gather hundreds of results each, a history of ~700 KB that grows with every run.
+    """
     rng = random.Random(seed)
     con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
-        top = con.execute("SELECT max(seq) FROM inspections WHERE station = ?", (station,)).fetchone()[0]
+        top = con.execute(
+            "SELECT max(seq) FROM events "
+            "WHERE station = ? AND kind = 'batch_closed' AND batch_id LIKE 'BIG-%'",
+            (station,),
+        ).fetchone()[0]
         ids: list[str] = []
         serials: list[str] = []
         for _ in range(n * 3):
@@ -111,7 +129,12 @@ def pick_targets(db_path: Path, station: str, n: int = 5000, seed: int = 7) -> T
                 ids.append(row[0])
                 if row[1] is not None:
                     serials.append(row[1])
-        batches = [r[0] for r in con.execute("SELECT batch_id FROM batches WHERE station = ?", (station,))]
+        batches = [
+            r[0]
+            for r in con.execute(
+                "SELECT batch_id FROM batches WHERE station = ? AND batch_id LIKE 'BIG-%'", (station,)
+            )
+        ]
     finally:
         con.close()
     return Targets(ids, serials, batches)
@@ -213,7 +236,15 @@ class Server:
     """
 
     def __init__(
-        self, data_dir: Path, station: str, port: int, log_path: Path, threads: int | None, *, split: bool
+        self,
+        data_dir: Path,
+        station: str,
+        port: int,
+        log_path: Path,
+        threads: int | None,
+        *,
+        split: bool,
+        env: dict[str, str] | None = None,
     ) -> None:
         batch = f"BENCH-{time.strftime('%Y%m%d-%H%M%S')}"
         common = ["--source", "sample_images", "--loop", "--recipe", "recipes/demo.yaml"]
@@ -232,13 +263,17 @@ class Server:
             ]
         else:
             self.cmds = [[qcs, "serve", *common, "--port", str(port)]]
+        self.env = dict(env or {})
+        full_env = {**os.environ, **self.env}
         self.procs = [
-            subprocess.Popen(c, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT) for c in self.cmds
+            subprocess.Popen(c, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+            for c in self.cmds
         ]
 
     @property
     def command(self) -> str:
-        return "  +  ".join(" ".join(c) for c in self.cmds)
+        env = " ".join(f"{k}={v}" for k, v in self.env.items())
+        return (env + " " if env else "") + "  +  ".join(" ".join(c) for c in self.cmds)
 
     def cpu_s(self) -> float:
         """CPU seconds of the station and API process(es)."""
@@ -493,6 +528,10 @@ def report(phases: list[Phase], args: argparse.Namespace, ready_s: float, target
             "late": late,
             "ratios": ratios,
             "ratio_median": med,
+            "idle_rate": idle,
+            "loaded_rate": statistics.median(p.rate for p in loaded),
+            "load": statistics.median(p.load[0] for p in loaded),
+            "server_cpu": statistics.median(p.server_cpu for p in loaded),
         }
     print(
         f"\ntargets drawn from the store: {len(targets.ids)} ids, {len(targets.serials)} serials, "
@@ -550,27 +589,35 @@ def revoke_token(data_dir: Path, station: str, name: str) -> None:
     )
 
 
-async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    db_path = ensure(args.data_dir, args.station, parts=args.parts, batches=1000)
-    targets = pick_targets(db_path, args.station)
-    headers: dict[str, str] = {}
-    token_name = None
-    if not args.anonymous:
-        token_name, secret = issue_token(args.data_dir, args.station)
-        headers["Authorization"] = f"Bearer {secret}"
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE`` -> (name, environment of the server)."""
+    name, _, rest = text.partition(":")
+    env: dict[str, str] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"expected KEY=VALUE in variant {text!r}, got {item!r}")
+        env[key] = value
+    return name or "default", env
+
+
+async def run_server(
+    name: str,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    counter: PartsCounter,
+    headers: dict[str, str],
+    targets: Targets,
+) -> tuple[list[Phase], float, str]:
+    """Start one server, run the phase plan against it, stop it: (phases, seconds to ready, command)."""
     port = args.port or free_port()
-    server = Server(
-        args.data_dir, args.station, port, args.data_dir / "serve.log", args.threads, split=args.split
-    )
-    print(f"machine: {os.cpu_count()} cores, load average {loadavg()}")
-    print(f"server: {server.command}")
-    who = "anonymous viewer (no token)" if args.anonymous else f"bearer token {token_name} (role mes)"
-    print(f"auth: {who}")
+    log = args.data_dir / (f"serve-{name}.log" if name != "default" else "serve.log")
+    server = Server(args.data_dir, args.station, port, log, args.threads, split=args.split, env=env)
+    print(f"server [{name}]: {server.command}  (load average {loadavg()})", flush=True)
     phases: list[Phase] = []
-    counter = PartsCounter(db_path, args.station)
     try:
         ready_s = await server.wait_ready()
-        plan = ["idle", "single", "idle"]
+        plan = ["idle"] + ([] if args.no_single else ["single", "idle"])
         for _ in range(args.repeats):
             plan += ["unpaced", "idle", "paced", "idle"]
         if args.warmup_s > 0:  # the station's first parts and the first reads warm caches and the page cache
@@ -600,16 +647,65 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             phases.append(p)
             n = sum(len(v) for v in p.rec.ms.values()) if p.rec else 0
             print(
-                f"  {mode:8} {p.rate:6.2f} parts/s  {n / p.seconds:6.1f} req/s  load {p.load[0]:.2f}",
+                f"  {mode:8} {p.rate:6.2f} parts/s  {n / p.seconds:6.1f} req/s  "
+                f"serve CPU {p.server_cpu:.2f}  load {p.load[0]:.2f}",
                 flush=True,
             )
     finally:
         server.stop()
+    return phases, ready_s, server.command
+
+
+def summary_table(results: dict[str, dict[str, Any]]) -> None:
+    """One line per variant and load mode: req/s, p50/p99 per endpoint, the station's rate and cost."""
+    print("\nsummary (ms; station parts/s: median idle -> median loaded, cost = 1 - median loaded/idle):")
+    head = " ".join(f"{e + ' p50/p99':>17}" for e in ENDPOINTS)
+    print(f"  {'variant':14} {'mode':8} {'req/s':>6} {head} {'station':>13} {'cost':>6} {'load':>5}")
+    for name, res in results.items():
+        for mode, m in res["modes"].items():
+            eps = " ".join(
+                f"{m['endpoints'][e]['p50']:8.1f}/{m['endpoints'][e]['p99']:<8.1f}" for e in ENDPOINTS
+            )
+            rps = sum(m["endpoints"][e]["rps"] for e in ENDPOINTS)
+            print(
+                f"  {name:14} {mode:8} {rps:6.1f} {eps} {m['idle_rate']:5.1f} -> {m['loaded_rate']:5.1f} "
+                f"{1 - m['ratio_median']:6.1%} {m['load']:5.2f}"
+            )
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    db_path = ensure(args.data_dir, args.station, parts=args.parts, batches=1000)
+    targets = pick_targets(db_path, args.station)
+    headers: dict[str, str] = {}
+    token_name = None
+    if not args.anonymous:
+        token_name, secret = issue_token(args.data_dir, args.station)
+        headers["Authorization"] = f"Bearer {secret}"
+    variants = [parse_variant(v) for v in args.variant] or [("default", {})]
+    print(f"machine: {os.cpu_count()} cores, load average {loadavg()}")
+    who = "anonymous viewer (no token)" if args.anonymous else f"bearer token {token_name} (role mes)"
+    print(f"auth: {who}; variants {[n for n, _ in variants]} x {args.rounds} round(s), in turn")
+    phases: dict[str, list[Phase]] = {n: [] for n, _ in variants}
+    ready: dict[str, float] = {}
+    commands: dict[str, str] = {}
+    counter = PartsCounter(db_path, args.station)
+    try:
+        for _ in range(args.rounds):
+            for name, env in variants:
+                got, ready[name], commands[name] = await run_server(
+                    name, env, args, counter, headers, targets
+                )
+                phases[name] += got
+    finally:
         if token_name:
             revoke_token(args.data_dir, args.station, token_name)
-    result = report(phases, args, ready_s, targets)
-    result["command"] = server.command
-    return result
+    results: dict[str, dict[str, Any]] = {}
+    for name, _ in variants:
+        print(f"\n=== {name}: {commands[name]}")
+        results[name] = report(phases[name], args, ready[name], targets)
+        results[name]["command"] = commands[name]
+    summary_table(results)
+    return results if len(variants) > 1 else results[variants[0][0]]
 
 
 def main() -> None:
@@ -622,7 +718,17 @@ def main() -> None:
     ap.add_argument("--settle-s", type=float, default=3.0, help="unmeasured seconds before each phase")
     ap.add_argument("--warmup-s", type=float, default=10.0, help="unmeasured load before the first phase")
     ap.add_argument("--paced-rps", type=float, default=2.0, help="requests/s per client in the paced phase")
-    ap.add_argument("--repeats", type=int, default=1, help="unpaced/paced phase pairs")
+    ap.add_argument("--repeats", type=int, default=1, help="unpaced/paced phase pairs per server")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME[:KEY=VALUE,...]",
+        help="a server configuration (environment of qcstation serve); repeat to compare, e.g. "
+        "--variant s5:QCSTATION_SWITCH_INTERVAL_MS=5 --variant s1:QCSTATION_SWITCH_INTERVAL_MS=1",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="the variants run in turn this many times")
+    ap.add_argument("--no-single", action="store_true", help="leave out the one-client phase")
     ap.add_argument("--port", type=int, default=0, help="0: a free loopback port")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads of the station")
     ap.add_argument("--anonymous", action="store_true", help="no token: anonymous viewer on loopback")
@@ -637,6 +743,14 @@ def main() -> None:
         return
     if not 1 <= args.clients <= 500 or not 1.0 <= args.phase_s <= 600.0 or not 1 <= args.repeats <= 10:
         ap.error("clients 1..500, phase-s 1..600, repeats 1..10")
+    if not 1 <= args.rounds <= 10:
+        ap.error("rounds 1..10")
+    try:
+        names = [parse_variant(v)[0] for v in args.variant]
+    except ValueError as e:
+        ap.error(str(e))
+    if len(set(names)) != len(names):
+        ap.error(f"variant names must differ, got {names}")
     result = asyncio.run(bench(args))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
