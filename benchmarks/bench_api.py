@@ -532,6 +532,7 @@ def report(phases: list[Phase], args: argparse.Namespace, ready_s: float, target
             "loaded_rate": statistics.median(p.rate for p in loaded),
             "load": statistics.median(p.load[0] for p in loaded),
             "server_cpu": statistics.median(p.server_cpu for p in loaded),
+            "idle_server_cpu": statistics.median(p.server_cpu for p in phases if p.mode == "idle"),
         }
     print(
         f"\ntargets drawn from the store: {len(targets.ids)} ids, {len(targets.serials)} serials, "
@@ -658,18 +659,28 @@ async def run_server(
 
 def summary_table(results: dict[str, dict[str, Any]]) -> None:
     """One line per variant and load mode: req/s, p50/p99 per endpoint, the station's rate and cost."""
-    print("\nsummary (ms; station parts/s: median idle -> median loaded, cost = 1 - median loaded/idle):")
+    print(
+        "\nsummary (ms; station parts/s: median idle -> median loaded, cost = 1 - median loaded/idle; "
+        "CPU: the serve process's CPU-s/s, idle -> loaded; API ms/req: the loaded CPU less the station's at "
+        "its idle CPU per part, per request):"
+    )
     head = " ".join(f"{e + ' p50/p99':>17}" for e in ENDPOINTS)
-    print(f"  {'variant':14} {'mode':8} {'req/s':>6} {head} {'station':>13} {'cost':>6} {'load':>5}")
+    print(
+        f"  {'variant':14} {'mode':8} {'req/s':>6} {head} {'station':>13} {'cost':>6} {'CPU':>11} "
+        f"{'API ms/req':>10} {'load':>5}"
+    )
     for name, res in results.items():
         for mode, m in res["modes"].items():
             eps = " ".join(
                 f"{m['endpoints'][e]['p50']:8.1f}/{m['endpoints'][e]['p99']:<8.1f}" for e in ENDPOINTS
             )
             rps = sum(m["endpoints"][e]["rps"] for e in ENDPOINTS)
+            per_part = m["idle_server_cpu"] / m["idle_rate"] if m["idle_rate"] else float("nan")
+            api_ms = (m["server_cpu"] - m["loaded_rate"] * per_part) / rps * 1e3 if rps else float("nan")
             print(
                 f"  {name:14} {mode:8} {rps:6.1f} {eps} {m['idle_rate']:5.1f} -> {m['loaded_rate']:5.1f} "
-                f"{1 - m['ratio_median']:6.1%} {m['load']:5.2f}"
+                f"{1 - m['ratio_median']:6.1%} {m['idle_server_cpu']:4.2f} -> {m['server_cpu']:4.2f} "
+                f"{api_ms:10.1f} {m['load']:5.2f}"
             )
 
 
