@@ -301,8 +301,14 @@ class Server:
 
 
 def serve_readonly(data_dir: Path, station: str, port: int) -> None:
-    """The API alone over the store, no station (``create_app(station=None)``), one uvicorn worker."""
+    """The API alone over the store, no station (``create_app(station=None)``), one uvicorn worker.
+
+    ``QCBENCH_API_NICE=N`` in the environment lowers this process's priority by N (the what-if of an API
+    process that gives way to the station's under CPU contention).
+    """
     import uvicorn
+
+    os.nice(int(os.environ.get("QCBENCH_API_NICE", "0")))
 
     from qcstation.station.api import ApiConfig, create_app
     from qcstation.station.archive import ImageArchive
