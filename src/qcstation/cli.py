@@ -962,7 +962,10 @@ def train(
         str, typer.Option("--evaluate", help="split to report on after training, or none")
     ] = ("test"),
     augment: Annotated[
-        str, typer.Option("--augment", help="augmentation preset: light, default or heavy")
+        str,
+        typer.Option(
+            "--augment", help="augmentation preset (light, default, heavy) or a YAML file that overrides one"
+        ),
     ] = "default",
 ) -> None:
     """Train a defect model, calibrate it on validation, export it as a self-describing ONNX file."""
@@ -971,9 +974,11 @@ def train(
     _training("train")
     if mode not in ("supervised", "good_only"):
         raise ConfigError(f"--mode: expected supervised or good_only, got {mode!r}")
-    if augment not in ("light", "default", "heavy"):
-        raise ConfigError(f"--augment: expected light, default or heavy, got {augment!r}")
     try:
+        from qcstation.training.augment import is_preset, load_config
+
+        if not is_preset(augment):
+            load_config(augment)  # a bad file fails here, before any data is read
         if dataset == "synth":
             from qcstation.training.train import train_synthetic
 

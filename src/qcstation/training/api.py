@@ -209,7 +209,8 @@ def train_main(
         work_dir: checkpoints, log.csv and the evaluation report (default: a new temporary folder).
         evaluate_split: split side to evaluate the exported model on (None: skip).
         name: the model's name (default: ``<dataset>-<mode>``).
-        augment: augmentation preset: light, default or heavy.
+        augment: augmentation preset (light, default, heavy) or a YAML file overriding one
+            (:mod:`qcstation.training.augment`).
 
     Returns:
         A summary: model path, card, validation and test figures, wall times.

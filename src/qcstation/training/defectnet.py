@@ -33,6 +33,7 @@ from torch import nn
 
 from qcstation.inspect.metrics import auroc, recall_at_frr
 from qcstation.training.anomaly import synthesize_anomaly
+from qcstation.training.augment import load_augmentation
 from qcstation.training.data import _albumentations, normalise
 from qcstation.training.errors import TrainingError
 from qcstation.training.nets import ConvBNReLU, UNetSmall
@@ -252,7 +253,7 @@ class Pool:
 
 
 def augmentation(
-    preset: str = "default", *, rotate90: bool = True
+    preset: str = "default", *, rotate90: bool = True, strength: float | None = None
 ) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """albumentations pipeline for image + mask: flips, 90° turns, small affine, lighting, gamma, noise.
 
@@ -261,9 +262,12 @@ def augmentation(
         rotate90: include random 90° turns. Off for parts filmed in a fixed orientation whose texture has
             a direction (magnetic tile's grinding marks run along the tile): a turned image is then
             nothing the camera can see.
+        strength: scales the preset's ranges (a YAML override, :mod:`qcstation.training.augment`); None:
+            the preset's own (light 0.5, default 1.0, heavy 1.5).
     """
     A = _albumentations()
-    strength = {"light": 0.5, "default": 1.0, "heavy": 1.5}[preset]
+    base = {"light": 0.5, "default": 1.0, "heavy": 1.5}[preset]
+    strength = base if strength is None else base * strength
     ops: list[Any] = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
     if rotate90:
         ops.append(A.RandomRotate90(p=0.5))
@@ -301,7 +305,7 @@ class BatchMaker:
         defect_share: share of each batch drawn from defective images (real or synthetic).
         synthetic: make the defective share by drawing anomalies onto good images (good-only mode).
         synthetic_share: in supervised mode, share of the defective draws made synthetic (class 1).
-        preset: augmentation preset.
+        preset: augmentation preset (light, default, heavy) or a YAML file (training.augment).
         rotate90: random 90° turns in the augmentation.
         seed: random seed.
         mean: normalisation mean.
@@ -328,7 +332,7 @@ class BatchMaker:
         self.synthetic = synthetic
         self.synthetic_share = synthetic_share
         self.rng = np.random.default_rng(seed)
-        self.aug = augmentation(preset, rotate90=rotate90)
+        self.aug = load_augmentation(preset, rotate90=rotate90)
         self.mean, self.std = tuple(mean), tuple(std)
         labels = pool.labels()
         self.good = np.flatnonzero(labels == 0)
@@ -403,7 +407,7 @@ class DefectTrainConfig:
         synthetic: good-only mode.
         synthetic_share: supervised mode with one defect class: share of the defective draws that are
             synthetic anomalies on good training images (auxiliary, DRAEM-style).
-        preset: augmentation preset.
+        preset: augmentation preset (light, default, heavy) or a YAML file (training.augment).
         rotate90: random 90° turns in the training augmentation.
         tta: flip test-time augmentation in validation and export.
         tta_rotations: with ``tta``, the 8 dihedral transforms instead of the 4 flips.
