@@ -967,6 +967,14 @@ def train(
             "--augment", help="augmentation preset (light, default, heavy) or a YAML file that overrides one"
         ),
     ] = "default",
+    work_dir: Annotated[
+        Path | None,
+        typer.Option("--work-dir", help="checkpoints, log.csv and reports (default: a new temp folder)"),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="an interrupted run's work dir (or its last.pt): go on from there"),
+    ] = None,
 ) -> None:
     """Train a defect model, calibrate it on validation, export it as a self-describing ONNX file."""
     from qcstation.station.errors import ConfigError
@@ -1005,6 +1013,8 @@ def train(
             seed=seed,
             evaluate_split=None if evaluate_split == "none" else evaluate_split,
             augment=augment,
+            work_dir=work_dir,
+            resume=resume,
         )
     except _training_errors() as e:
         raise ConfigError(str(e)) from e

@@ -155,3 +155,20 @@ def test_train_refuses_an_unknown_augmentation_preset(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "'wild' is neither a preset (light, default, heavy) nor an existing YAML file" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_train_resume_from_nothing_is_a_clear_error(tmp_path: Path) -> None:
+    root = write_yolo(tmp_path / "yolo")
+    res = qc(
+        "train",
+        str(root),
+        "--out",
+        "m.onnx",
+        "--epochs",
+        "1",
+        "--resume",
+        str(tmp_path / "gone"),
+        cwd=tmp_path,
+    )
+    assert res.returncode == 2
+    assert "cannot resume" in res.stderr and "Traceback" not in res.stderr

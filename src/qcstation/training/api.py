@@ -184,6 +184,7 @@ def train_main(
     evaluate_split: str | None = "test",
     name: str | None = None,
     augment: str = "default",
+    resume: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train, calibrate, export and (when the dataset has a test side) evaluate a defect model.
 
@@ -211,6 +212,8 @@ def train_main(
         name: the model's name (default: ``<dataset>-<mode>``).
         augment: augmentation preset (light, default, heavy) or a YAML file overriding one
             (:mod:`qcstation.training.augment`).
+        resume: an interrupted run's work dir, its ``checkpoints`` folder or its ``last.pt``: training goes
+            on from the last epoch it finished, within what is left of the time budget.
 
     Returns:
         A summary: model path, card, validation and test figures, wall times.
@@ -222,6 +225,9 @@ def train_main(
     reader = _open(dataset, layout, merge)
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="qcstation-train-"))
     work.mkdir(parents=True, exist_ok=True)
+    log.info("work dir %s (checkpoints there; resume an interrupted run with it)", work)
+    if resume is not None and (Path(resume) / "checkpoints").is_dir():
+        resume = Path(resume) / "checkpoints"
     samples = reader.samples()
     loaded = reader.load((size, size), samples)
     has_split = any(s.split for s in loaded)
@@ -253,7 +259,7 @@ def train_main(
         preset=augment,
         **(SUPERVISED_RECIPE if mode == "supervised" else {}),
     )
-    fit = train_defect_net(train_pool, val_pool, config, work / "checkpoints")
+    fit = train_defect_net(train_pool, val_pool, config, work / "checkpoints", resume=resume)
     station = StationModel(fit.net, tta=config.tta).eval()
     heads, _ = predict_pool(station, val_pool, mean=MEAN, std=STD)
     val_scores = heads[:, 1:].max(axis=1)

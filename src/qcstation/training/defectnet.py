@@ -35,7 +35,7 @@ from qcstation.inspect.metrics import auroc, recall_at_frr
 from qcstation.training.anomaly import synthesize_anomaly
 from qcstation.training.augment import load_augmentation
 from qcstation.training.data import _albumentations, normalise
-from qcstation.training.errors import TrainingError
+from qcstation.training.errors import CheckpointError, TrainingError
 from qcstation.training.nets import ConvBNReLU, UNetSmall
 
 log = logging.getLogger(__name__)
@@ -500,7 +500,12 @@ def predict_pool(
 
 
 def train_defect_net(
-    train: Pool, val: Pool, config: DefectTrainConfig, out_dir: str | Path
+    train: Pool,
+    val: Pool,
+    config: DefectTrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: str | Path | None = None,
 ) -> DefectFitResult:
     """Train a :class:`DefectNet` within a time budget; keep the epoch with the best validation image AUROC.
 
@@ -513,16 +518,21 @@ def train_defect_net(
         val: validation images with real (or, in good-only mode, synthetic) defects.
         config: options.
         out_dir: where ``best.pt``, ``last.pt`` and ``log.csv`` go.
+        resume: continue an interrupted run: its ``last.pt`` (written after every epoch with the optimizer,
+            the step, the time spent and the best so far), or the folder holding it (an ensemble's folder
+            holds one ``member<k>/last.pt`` per member). The time budget counts the time already spent.
 
     Returns:
         The best network (eval mode) and the run's history.
 
     Raises:
         TrainingError: empty sets, validation without both classes, a diverging loss, or a failed member.
+        CheckpointError: ``resume`` is missing, unreadable, or from another network, input or class list.
     """
     if config.members > 1:
-        return _train_ensemble(train, val, config, Path(out_dir))
-    t_start = time.perf_counter()
+        return _train_ensemble(train, val, config, Path(out_dir), resume=resume)
+    state = _resume_state(resume, config) if resume is not None else None
+    t_start = time.perf_counter() - (state["elapsed"] if state else 0.0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -580,7 +590,18 @@ def train_defect_net(
     epoch_seconds = 0.0
     epoch = 0
     lr_scale = 1.0
-    for epoch in range(1, config.max_epochs + 1):
+    first_epoch = 1
+    if state is not None:
+        net.load_state_dict(state["net"])
+        if ema is not None:
+            ema.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        history, step, first_epoch = list(state["history"]), int(state["step"]), int(state["epoch"]) + 1
+        best_auc, best_epoch = float(state["best_auc"]), int(state["best_epoch"])
+        if state["best"] is not None:
+            torch.save(state["best"], best_path)
+        log.info("resuming at epoch %d (step %d, %.1f min spent)", first_epoch, step, state["elapsed"] / 60)
+    for epoch in range(first_epoch, config.max_epochs + 1):
         t0 = time.perf_counter()
         net.train()
         loss_sum = 0.0
@@ -653,16 +674,84 @@ def train_defect_net(
             (time.perf_counter() - t_start) / 60,
             "  *best*" if improved else "",
         )
+        _save_last(
+            out, config, epoch, kept, net, opt, step, time.perf_counter() - t_start, history, best_path
+        )
         if time.perf_counter() - t_start + epoch_seconds > budget:
             stopped_by = "time_budget"
             break
-    torch.save({"config": config.to_dict(), "epoch": epoch, "model": kept.state_dict()}, out / "last.pt")
     best = _new_net(config)
     best.load_state_dict(torch.load(best_path, weights_only=True)["model"])
     best.eval()
     return DefectFitResult(
         best, best_epoch, best_auc, epoch, time.perf_counter() - t_start, history, stopped_by
     )
+
+
+_ARCHITECTURE = ("classes", "width", "depth", "size", "pool_topk")
+"""Config keys a resumed run must share with its checkpoint (the rest may change, e.g. the time budget)."""
+
+
+def _resume_file(resume: str | Path) -> Path:
+    p = Path(resume)
+    return p / "last.pt" if p.is_dir() else p
+
+
+def _resume_state(resume: str | Path, config: DefectTrainConfig) -> dict[str, Any]:
+    """The state saved in a run's ``last.pt``, checked against ``config``'s architecture."""
+    path = _resume_file(resume)
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: no checkpoint at {path}")
+    try:
+        state = torch.load(path, weights_only=False, map_location="cpu")  # our own training's file
+    except Exception as e:  # torch raises several untyped errors for a bad file
+        raise CheckpointError(f"cannot resume from {path}: not a readable checkpoint ({e})") from e
+    if not isinstance(state, dict) or "config" not in state:
+        raise CheckpointError(f"cannot resume from {path}: not a DefectNet training checkpoint")
+    if "opt" not in state:
+        raise CheckpointError(
+            f"cannot resume from {path}: it holds weights only (a best.pt or an older last.pt); resume from "
+            "the run's last.pt"
+        )
+    mine = config.to_dict()
+    for key in _ARCHITECTURE:
+        if state["config"].get(key) != mine[key]:
+            raise CheckpointError(
+                f"cannot resume from {path}: it was trained with {key}={state['config'].get(key)!r}, this "
+                f"run has {key}={mine[key]!r}"
+            )
+    return dict(state)
+
+
+def _save_last(
+    out: Path,
+    config: DefectTrainConfig,
+    epoch: int,
+    kept: nn.Module,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    step: int,
+    elapsed: float,
+    history: list[dict[str, float]],
+    best_path: Path,
+) -> None:
+    """Everything a resumed run needs, written atomically so an interruption never leaves half a file."""
+    state = {
+        "config": config.to_dict(),
+        "epoch": epoch,
+        "model": kept.state_dict(),
+        "net": net.state_dict(),
+        "opt": opt.state_dict(),
+        "step": step,
+        "elapsed": elapsed,
+        "history": history,
+        "best_auc": max((r["val_auroc"] for r in history), default=-1.0),
+        "best_epoch": max(history, key=lambda r: r["val_auroc"])["epoch"] if history else 0,
+        "best": torch.load(best_path, weights_only=True) if best_path.exists() else None,
+    }
+    tmp = out / "last.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, out / "last.pt")
 
 
 def _new_net(config: DefectTrainConfig) -> DefectNet:
@@ -677,7 +766,9 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
         be.copy_(b)
 
 
-def _train_ensemble(train: Pool, val: Pool, config: DefectTrainConfig, out: Path) -> DefectFitResult:
+def _train_ensemble(
+    train: Pool, val: Pool, config: DefectTrainConfig, out: Path, *, resume: str | Path | None = None
+) -> DefectFitResult:
     """Train ``config.members`` networks at once, one process each, and average them."""
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -688,9 +779,16 @@ def _train_ensemble(train: Pool, val: Pool, config: DefectTrainConfig, out: Path
         member_dir = out / f"member{k}"
         member_dir.mkdir(parents=True, exist_ok=True)
         member = replace(config, members=1, seed=config.seed + k, num_threads=per)
+        member_resume = None
+        if resume is not None:
+            member_resume = Path(resume) / f"member{k}" / "last.pt"
+            if not member_resume.is_file():
+                raise CheckpointError(
+                    f"cannot resume an ensemble of {config.members} from {resume}: no {member_resume}"
+                )
         job = member_dir / "job.pkl"
         with job.open("wb") as f:
-            pickle.dump((train, val, member, member_dir), f, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((train, val, member, member_dir, member_resume), f, protocol=pickle.HIGHEST_PROTOCOL)
         env = {**os.environ, "OMP_NUM_THREADS": str(per), "MKL_NUM_THREADS": str(per)}
         cmd = [sys.executable, "-c", f"from {__name__} import _member_main; _member_main({str(job)!r})"]
         procs.append((member_dir, subprocess.Popen(cmd, env=env)))
@@ -730,8 +828,8 @@ def _member_main(job: str) -> None:
     """Child-process entry of :func:`_train_ensemble`: train one member, pickle its result."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s member %(process)d %(message)s")
     with open(job, "rb") as f:
-        train, val, config, out = pickle.load(f)  # written by our parent process
-    fit = train_defect_net(train, val, config, out)
+        train, val, config, out, resume = pickle.load(f)  # written by our parent process
+    fit = train_defect_net(train, val, config, out, resume=resume)
     with (Path(out) / "result.pkl").open("wb") as f:
         pickle.dump(fit, f, protocol=pickle.HIGHEST_PROTOCOL)
 
