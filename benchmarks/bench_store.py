@@ -99,7 +99,9 @@ def main() -> None:
         runs = [mqtt_delay(1000) for _ in range(a.runs)]
         log.info(
             "commit -> MQTT delivery: p50 %.1f ms, p99 %.1f ms (medians of %d runs, 1000 records at ~500/s)",
-            statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), a.runs,
+            statistics.median(r[0] for r in runs),
+            statistics.median(r[1] for r in runs),
+            a.runs,
         )
     except Exception as e:
         log.info("MQTT skipped: %s", e)
