@@ -1064,7 +1064,11 @@ def dataset_info_cmd(
 @app.command("export")
 def export_model(
     checkpoint: Annotated[
-        Path, typer.Argument(help="training checkpoint (.pt), e.g. <work>/checkpoints/best.pt")
+        Path,
+        typer.Argument(
+            help="training checkpoint (.pt), e.g. <work>/checkpoints/best.pt, or a run's checkpoints "
+            "folder or work dir (an ensemble run's: its member<k>/best.pt averaged, as trained)"
+        ),
     ],
     out_path: Annotated[Path, typer.Option("--out", "-o", help="the .onnx file to write")],
     dataset: Annotated[
@@ -1098,7 +1102,7 @@ def export_model(
     latency_runs: Annotated[int, typer.Option("--latency-runs", min=1)] = 30,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Export a training checkpoint as ONNX with its card; check parity with torch, time it, optional INT8."""
+    """Export a training checkpoint (or an ensemble run's) as ONNX with its card; parity, latency, INT8."""
     from qcstation.station.errors import ConfigError
 
     _training("export")
@@ -1126,7 +1130,9 @@ def export_model(
     parity = report["parity"]
     lat = report["latency"]["fp32"]
     line = (
-        f"wrote {report['model']}: parity on {parity['images']} "
+        f"wrote {report['model']}"
+        + (f" (ensemble of {len(report['members'])} members)" if "members" in report else "")
+        + f": parity on {parity['images']} "
         f"{'real' if parity['real_images'] else 'synthetic'} images, "
         f"max |diff| {parity['max_abs_diff']:.2e}, "
         f"verdicts identical {parity['verdicts_identical']}/{parity['images']}; "

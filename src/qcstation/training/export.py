@@ -14,6 +14,7 @@ import inspect
 import io
 import logging
 import os
+import re
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -251,9 +252,13 @@ class CheckpointModel:
         in_channels: 1 or 3.
         size: the training input side when the checkpoint records it, else None.
         image_scores: the network has an image-level head (exported as a second output).
-        kind: ``engine`` (:mod:`~qcstation.training.engine` checkpoints) or ``defectnet``.
-        epoch: the checkpoint's epoch.
-        training: the training arguments stored in the checkpoint.
+        kind: ``engine`` (:mod:`~qcstation.training.engine` checkpoints), ``defectnet``, or
+            ``defectnet-ensemble`` (the members' best checkpoints of an ensemble run).
+        epoch: the checkpoint's epoch (an ensemble: its members' latest).
+        training: the training arguments stored in the checkpoint (an ensemble: its first member's, with
+            ``members``).
+        path: the ``.pt`` file read, or an ensemble's checkpoints folder.
+        members: an ensemble's members, one per ``member<k>/best.pt`` (empty for a single network).
     """
 
     net: nn.Module
@@ -264,6 +269,8 @@ class CheckpointModel:
     kind: str
     epoch: int
     training: dict[str, Any]
+    path: Path | None = None
+    members: tuple[CheckpointModel, ...] = ()
 
     def probabilities(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """(N x C x H x W probabilities, N x C image probabilities or None) from torch, for parity checks."""
@@ -284,10 +291,12 @@ def load_checkpoint_model(path: str | Path) -> CheckpointModel:
 
     Two kinds are read: the engine's (``format: qcstation.checkpoint/1``, written by ``train_dataset``) and
     DefectNet's (``config`` + ``model``, written by ``qcstation train``), which is exported as the station
-    model (test-time augmentation and the image head as its config says).
+    model (test-time augmentation and the image head as its config says). A folder is a run's checkpoints
+    folder (or the work dir holding ``checkpoints/``): an ensemble's (see :func:`load_ensemble_model`) when
+    it holds ``member<k>`` folders, else its ``best.pt``.
 
     Args:
-        path: the ``.pt`` file.
+        path: the ``.pt`` file, or a run's checkpoints folder or work dir.
 
     Returns:
         The network with its classes and training arguments.
@@ -298,6 +307,16 @@ def load_checkpoint_model(path: str | Path) -> CheckpointModel:
     from qcstation.training.engine import CHECKPOINT_FORMAT, model_from_checkpoint
 
     p = Path(path)
+    if p.is_dir():
+        folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+        if any(_MEMBER.fullmatch(d.name) for d in folder.iterdir() if d.is_dir()):
+            return load_ensemble_model(folder)
+        if not (folder / "best.pt").is_file():
+            raise CheckpointError(
+                f"{folder} holds neither best.pt nor member<k>/best.pt: pass a checkpoint file, a run's "
+                "checkpoints folder or its work dir"
+            )
+        p = folder / "best.pt"
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
@@ -317,6 +336,7 @@ def load_checkpoint_model(path: str | Path) -> CheckpointModel:
             "engine",
             int(ck.get("epoch", 0)),
             {"arch": ck["arch"], "arch_kwargs": ck["arch_kwargs"], **args},
+            p,
         )
     config = ckpt.get("config") if isinstance(ckpt, dict) else None
     if not isinstance(config, dict) or "model" not in ckpt or "classes" not in config:
@@ -347,6 +367,87 @@ def load_checkpoint_model(path: str | Path) -> CheckpointModel:
         "defectnet",
         int(ckpt.get("epoch", 0)),
         dict(config),
+        p,
+    )
+
+
+_MEMBER = re.compile(r"member(\d+)")
+
+
+def load_ensemble_model(folder: str | Path) -> CheckpointModel:
+    """Rebuild an ensemble run's :class:`~qcstation.training.defectnet.DefectEnsemble`, wrapped as trained.
+
+    The members are the folder's ``member0/best.pt``, ``member1/best.pt``, ... (at least two, none missing
+    in between), DefectNet checkpoints of one class list, input and architecture; the ensemble is wrapped
+    in ``StationModel(ensemble, tta=config.tta)``, as ``train_main`` exports it.
+
+    Args:
+        folder: the run's checkpoints folder (the one holding the ``member<k>`` folders).
+
+    Returns:
+        The station model of the averaged members, with the first member's training arguments.
+
+    Raises:
+        CheckpointError: a member's checkpoint is missing or unreadable, not DefectNet's, or differs from the
+            first member in classes, input channels, size, architecture or test-time augmentation.
+    """
+    from qcstation.training.defectnet import DefectEnsemble, DefectNet, StationModel
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise CheckpointError(f"ensemble checkpoints folder not found: {root}")
+    found = [int(hit.group(1)) for d in root.iterdir() if d.is_dir() and (hit := _MEMBER.fullmatch(d.name))]
+    files = [root / f"member{k}" / "best.pt" for k in range(max(2, max(found, default=0) + 1))]
+    for f in files:
+        if not f.is_file():
+            raise CheckpointError(
+                f"ensemble member checkpoint missing: {f} (an ensemble of {len(files)} needs every "
+                f"member<k>/best.pt in {root}; an interrupted run goes on with `qcstation train --resume`)"
+            )
+    models = [load_checkpoint_model(f) for f in files]
+
+    def spec(m: CheckpointModel) -> dict[str, Any]:
+        arch = _kwargs_for(DefectNet.__init__, m.training, ("self", "in_channels", "num_classes"))
+        return {
+            "classes": list(m.classes),
+            "in_channels": m.in_channels,
+            "size": m.size,
+            **arch,
+            "tta": bool(m.training.get("tta", True)),
+        }
+
+    ref = spec(models[0])
+    for f, m in zip(files, models, strict=True):
+        if m.kind != "defectnet":
+            raise CheckpointError(
+                f"{f}: an ensemble member must be a DefectNet checkpoint, not an {m.kind} one"
+            )
+        mine = spec(m)
+        diff = [k for k in {**ref, **mine} if mine.get(k) != ref.get(k)]
+        if diff:
+            raise CheckpointError(
+                f"{f} does not match {files[0]}: "
+                + ", ".join(f"{k} {mine.get(k)!r} vs {ref.get(k)!r}" for k in diff)
+                + "; the members of an ensemble must share classes, input size and architecture"
+            )
+    nets: list[DefectNet] = []
+    for m in models:
+        assert isinstance(m.net, StationModel) and isinstance(m.net.net, DefectNet)
+        nets.append(m.net.net)
+    first = models[0]
+    station = StationModel(DefectEnsemble(nets), tta=ref["tta"]).eval()
+    log.info("ensemble of %d members: %s", len(files), ", ".join(str(f) for f in files))
+    return CheckpointModel(
+        station,
+        first.classes,
+        first.in_channels,
+        first.size,
+        True,
+        "defectnet-ensemble",
+        max(m.epoch for m in models),
+        {**first.training, "members": len(models)},
+        root,
+        tuple(models),
     )
 
 
@@ -409,7 +510,7 @@ def export_checkpoint(
     latency_runs: int = 30,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Export a training checkpoint as a self-describing ONNX model and check it against torch on real images.
+    """Export a training checkpoint (or an ensemble's) as a self-describing ONNX model, checked against torch.
 
     Checks, on up to ``max_images`` images of ``dataset`` (put through the station's own
     :class:`~qcstation.inspect.detector.Detector`): max |torch - onnxruntime| of the probability maps and
@@ -420,13 +521,14 @@ def export_checkpoint(
     AUROC and latency. The checks and timings go into the card's provenance (``export``).
 
     Args:
-        checkpoint: a ``.pt`` checkpoint (see :func:`load_checkpoint_model`).
+        checkpoint: a ``.pt`` checkpoint, or a run's checkpoints folder or work dir (an ensemble's: the
+            average of its members' ``best.pt``; see :func:`load_checkpoint_model`).
         out: the ``.onnx`` file to write.
         dataset: images for the parity check, threshold calibration and INT8 calibration (any layout; a
             name under ``$QCSTATION_DATASETS`` works). None: synthetic inputs, thresholds 0.5 or given.
         layout: the dataset's layout (default: detected).
         size: model input side (default: the checkpoint's, else 256).
-        name: the model's name (default: the checkpoint's folder name).
+        name: the model's name (default: the checkpoint's folder name, or above it for ``checkpoints``).
         version: the card's version (default: today's UTC date).
         threshold: one threshold for every defect class (default: calibrated on the dataset's good images,
             or taken from ``card_from``).
@@ -555,12 +657,7 @@ def export_checkpoint(
     provenance.update(
         {
             **({k: v for k, v in data_prov.items() if k in ("dataset", "dataset_sha256")}),
-            "checkpoint": {
-                "file": ckpt_path.name,
-                "sha256": hashlib.sha256(ckpt_path.read_bytes()).hexdigest(),
-                "kind": model.kind,
-                "epoch": model.epoch,
-            },
+            "checkpoint": _checkpoint_provenance(model),
             "training": provenance.get("training", training),
             "code_version": code_version(),
             "created_at": created.isoformat(timespec="seconds"),
@@ -568,7 +665,7 @@ def export_checkpoint(
         }
     )
     card = ModelCard(
-        name=name or (base.name if base else ckpt_path.resolve().parent.name or "model"),
+        name=name or (base.name if base else _default_name(model.path or ckpt_path)),
         version=version or (base.version if base else created.strftime("%Y.%m.%d")),
         classes=classes,
         input=InputSpec("image", side, side, model.in_channels, order, mean, std),
@@ -658,6 +755,7 @@ def export_checkpoint(
         "model": str(out_path),
         "checkpoint": str(ckpt_path),
         "kind": model.kind,
+        **({"members": [str(m.path) for m in model.members]} if model.members else {}),
         "classes": list(classes),
         "input": [model.in_channels, side, side],
         "thresholds": thresholds,
@@ -675,6 +773,29 @@ def export_checkpoint(
         )
     result["sha256"] = hashlib.sha256(out_path.read_bytes()).hexdigest()
     return result
+
+
+def _checkpoint_provenance(model: CheckpointModel) -> dict[str, Any]:
+    """The card's ``checkpoint`` entry: the file (or an ensemble's members' files) with hashes and epochs."""
+    assert model.path is not None
+
+    def entry(m: CheckpointModel, file: str) -> dict[str, Any]:
+        assert m.path is not None
+        return {"file": file, "sha256": hashlib.sha256(m.path.read_bytes()).hexdigest(), "epoch": m.epoch}
+
+    if not model.members:
+        return {**entry(model, model.path.name), "kind": model.kind}
+    return {
+        "folder": model.path.name,
+        "kind": model.kind,
+        "epoch": model.epoch,
+        "members": [entry(m, m.path.relative_to(model.path).as_posix()) for m in model.members if m.path],
+    }
+
+
+def _default_name(path: Path) -> str:
+    folder = path.resolve() if path.is_dir() else path.resolve().parent
+    return (folder.parent.name if folder.name == "checkpoints" else folder.name) or "model"
 
 
 def _rewrite_card(path: Path, extra: Mapping[str, Any]) -> ModelCard:
