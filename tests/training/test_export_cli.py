@@ -108,6 +108,39 @@ def test_export_refuses_what_is_not_a_checkpoint(tmp_path: Path) -> None:
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_export_an_ensemble_runs_work_dir_and_refuse_it_with_a_member_missing(tmp_path: Path) -> None:
+    from qcstation.training.defectnet import DefectNet
+
+    # given a work dir holding an ensemble run's two member checkpoints
+    root = write_voc(tmp_path / "voc")
+    config = {"classes": ["good", "dark", "line"], "width": 8, "depth": 3, "size": SIZE, "tta": True}
+    for k in range(2):
+        torch.manual_seed(k)
+        (tmp_path / "work" / "checkpoints" / f"member{k}").mkdir(parents=True)
+        torch.save(
+            {"config": config, "epoch": 1, "model": DefectNet(1, 3, width=8, depth=3).state_dict()},
+            tmp_path / "work" / "checkpoints" / f"member{k}" / "best.pt",
+        )
+
+    # when `qcstation export` is given the work dir, it exports the ensemble and checks it
+    res = qc("export", "work", "--out", "m.onnx", "--dataset", str(root), "--latency-runs", "2", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["kind"] == "defectnet-ensemble" and len(report["members"]) == 2
+    assert report["parity"]["max_abs_diff"] < 1e-4 and report["parity"]["images"] == 12
+    assert "wrote m.onnx (ensemble of 2 members): parity on 12 real images" in res.stderr
+    assert (
+        Detector.from_path(tmp_path / "m.onnx").card.provenance["checkpoint"]["kind"] == "defectnet-ensemble"
+    )
+
+    # and with a member's best.pt gone it exits 2 naming that file, writing nothing
+    (tmp_path / "work" / "checkpoints" / "member1" / "best.pt").unlink()
+    res = qc("export", "work", "--out", "n.onnx", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "member checkpoint missing" in res.stderr and "member1/best.pt" in res.stderr
+    assert not (tmp_path / "n.onnx").exists()
+
+
 def test_dataset_info_reports_bad_files_by_name(tmp_path: Path) -> None:
     root = write_yolo(tmp_path / "y")
     (root / "images" / "part_0003.png").write_bytes(b"broken")

@@ -7,7 +7,9 @@ thresholds.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,19 +133,115 @@ def test_a_checkpoint_that_does_not_fit_says_what_is_wrong(tmp_path: Path) -> No
         load_checkpoint_model(tmp_path / "junk.pt")
 
 
+def _member(ckpts: Path, k: int, **config: Any) -> Any:
+    """Write an untrained DefectNet as ``ckpts/member<k>/best.pt`` the way an ensemble run does; return it."""
+    from qcstation.training.defectnet import DefectNet
+
+    cfg: dict[str, Any] = {"classes": ["good", "defect"], "width": 8, "depth": 3, "size": SIZE, "tta": True}
+    cfg.update(config)
+    torch.manual_seed(k)
+    net = DefectNet(1, len(cfg["classes"]), width=cfg["width"], depth=cfg["depth"]).eval()
+    (ckpts / f"member{k}").mkdir(parents=True, exist_ok=True)
+    torch.save({"config": cfg, "epoch": k + 1, "model": net.state_dict()}, ckpts / f"member{k}" / "best.pt")
+    return net
+
+
+def test_an_ensembles_checkpoints_export_as_the_average_of_its_members(tmp_path: Path) -> None:
+    from qcstation.training.defectnet import DefectEnsemble, StationModel
+
+    # given a work dir whose checkpoints folder holds two members' best.pt, as an ensemble run leaves it
+    root = WRITERS["labelme"](tmp_path / "lm")
+    ckpts = tmp_path / "plates-run" / "checkpoints"
+    nets = [_member(ckpts, k) for k in range(2)]
+
+    # when the work dir is exported
+    report = export_checkpoint(tmp_path / "plates-run", tmp_path / "e.onnx", dataset=root, latency_runs=3)
+
+    # then the file is the flip-TTA station model of the two members' averaged probabilities
+    assert report["kind"] == "defectnet-ensemble"
+    assert report["members"] == [str(ckpts / f"member{k}" / "best.pt") for k in range(2)]
+    assert report["parity"]["max_abs_diff"] < 1e-4 and report["parity"]["images"] == 12
+    det = Detector.from_path(tmp_path / "e.onnx")
+    assert det.card.name == "plates-run" and det.card.output.image_scores == "image_probs"
+    prov = det.card.provenance["checkpoint"]
+    assert prov["kind"] == "defectnet-ensemble" and prov["folder"] == "checkpoints" and prov["epoch"] == 2
+    assert prov["members"] == [
+        {
+            "file": f"member{k}/best.pt",
+            "sha256": hashlib.sha256((ckpts / f"member{k}" / "best.pt").read_bytes()).hexdigest(),
+            "epoch": k + 1,
+        }
+        for k in range(2)
+    ]
+    frames = [s.image for s in open_dataset(root).load((SIZE, SIZE))]
+    x = torch.stack([normalise(f, (0.5,), (0.25,)) for f in frames])
+    with torch.no_grad():
+        want, want_image = StationModel(DefectEnsemble(nets), tta=True).eval()(x)
+        alone, _ = StationModel(nets[0], tta=True).eval()(x)
+    got = [det.predict(f) for f in frames]
+    assert np.abs(np.stack([g[0] for g in got]) - want.numpy()).max() < 1e-4
+    assert np.abs(np.stack([np.asarray(g[1]) for g in got]) - want_image.numpy()).max() < 1e-4
+    assert np.abs(alone.numpy() - want.numpy()).max() > 1e-3  # the second member counts
+    torch_verdicts = peak_verdicts(want.numpy().max(axis=(2, 3)), det.card.classes, det.card.thresholds)
+    assert [_station_verdict(det, f) for f in frames] == torch_verdicts
+
+
 @pytest.mark.parametrize(
-    ("layout", "mode"),
+    ("present", "missing"),
+    [((0,), "member1"), ((0, 2), "member1"), ((1,), "member0")],
+)
+def test_an_ensemble_with_a_missing_member_names_the_file(
+    present: tuple[int, ...], missing: str, tmp_path: Path
+) -> None:
+    ckpts = tmp_path / "work" / "checkpoints"
+    for k in present:
+        _member(ckpts, k)
+    (ckpts / "member1").mkdir(exist_ok=True)  # a member folder without its best.pt is missing too
+    with pytest.raises(CheckpointError, match=rf"member checkpoint missing: .*{missing}/best\.pt"):
+        export_checkpoint(tmp_path / "work", tmp_path / "m.onnx", latency_runs=1)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
     [
-        pytest.param(
-            "yolo_seg",
-            "supervised",
-            marks=pytest.mark.skip(
-                reason="supervised trains a 2-member ensemble; exporting its checkpoints is not written yet"
-            ),
+        ({"width": 16}, r"width 16 vs 8"),
+        ({"depth": 2}, r"depth 2 vs 3"),
+        (
+            {"classes": ["good", "dark", "line"]},
+            r"classes \['good', 'dark', 'line'\] vs \['good', 'defect'\]",
         ),
-        ("plain_images", "good_only"),
+        ({"size": 2 * SIZE}, rf"size {2 * SIZE} vs {SIZE}"),
+        ({"tta": False}, r"tta False vs True"),
     ],
 )
+def test_ensemble_members_that_differ_are_refused_naming_the_file(
+    change: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    ckpts = tmp_path / "checkpoints"
+    _member(ckpts, 0)
+    _member(ckpts, 1, **change)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint_model(ckpts)
+    assert f"{ckpts / 'member1' / 'best.pt'} does not match {ckpts / 'member0' / 'best.pt'}" in str(
+        info.value
+    )
+    assert info.match(message)
+
+
+def test_a_folder_without_checkpoints_or_with_a_foreign_member_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"empty holds neither best\.pt nor member<k>/best\.pt"):
+        load_checkpoint_model(tmp_path / "empty")
+    ckpts = tmp_path / "checkpoints"
+    _member(ckpts, 0)
+    (ckpts / "member1").mkdir()
+    torch.save({"weights": {}}, ckpts / "member1" / "best.pt")
+    with pytest.raises(CheckpointError, match=r"member1/best\.pt is not a qcstation checkpoint"):
+        load_checkpoint_model(ckpts)
+
+
+@pytest.mark.parametrize(("layout", "mode"), [("yolo_seg", "supervised"), ("plain_images", "good_only")])
 def test_qcstation_train_path_then_export_from_its_checkpoint(layout: str, mode: str, tmp_path: Path) -> None:
     # given a model trained the way `qcstation train` does (DefectNet, calibrated, exported)
     from qcstation.training.api import train_main
@@ -168,9 +266,10 @@ def test_qcstation_train_path_then_export_from_its_checkpoint(layout: str, mode:
     trained = Detector.from_path(result["model"])
     assert trained.card.classes == (("good", "defect") if mode == "supervised" else ("good", "anomaly"))
 
-    # when its best checkpoint is exported again, with the trained model's card
+    # when its checkpoints are exported again (supervised: the ensemble's folder), with the trained card
+    ckpts = tmp_path / "work" / "checkpoints"
     report = export_checkpoint(
-        _best(tmp_path / "work" / "checkpoints"),
+        ckpts if mode == "supervised" else ckpts / "best.pt",
         tmp_path / "again.onnx",
         dataset=root,
         card_from=result["model"],
@@ -179,11 +278,20 @@ def test_qcstation_train_path_then_export_from_its_checkpoint(layout: str, mode:
 
     # then the station gets the same verdicts from both files and from torch
     again = Detector.from_path(tmp_path / "again.onnx")
-    assert report["kind"] == "defectnet" and report["calibration"]["method"] == "card"
+    kind = "defectnet-ensemble" if mode == "supervised" else "defectnet"
+    assert report["kind"] == kind and report["calibration"]["method"] == "card"
+    if mode == "supervised":
+        assert report["members"] == [str(ckpts / f"member{k}" / "best.pt") for k in range(2)]
     assert again.card.thresholds == trained.card.thresholds
     assert report["parity"]["verdicts_identical"] == 15 and report["parity"]["max_abs_diff"] < 1e-4
     frames = [s.image for s in open_dataset(root).load((SIZE, SIZE))]
-    assert [_station_verdict(again, f) for f in frames] == [_station_verdict(trained, f) for f in frames]
+    station = [_station_verdict(again, f) for f in frames]
+    assert station == [_station_verdict(trained, f) for f in frames]
+    for f in frames:  # the same network as training exported, not merely the same verdicts
+        assert np.abs(again.predict(f)[0] - trained.predict(f)[0]).max() < 1e-4
+    model = load_checkpoint_model(ckpts)
+    probs, _ = model.probabilities(torch.stack([normalise(f, (0.5,), (0.25,)) for f in frames]))
+    assert station == peak_verdicts(probs.max(axis=(2, 3)), again.card.classes, again.card.thresholds)
 
 
 def test_evaluate_reads_the_test_side_of_any_layout(tmp_path: Path) -> None:
