@@ -115,6 +115,33 @@ def test_serial_history(api: Api) -> None:
     assert h["part_id"] == "SN-7" and [i["result_id"] for i in h["items"]] == [a, b]
 
 
+def test_result_reads_send_the_bytes_their_response_models_would(api: Api) -> None:
+    # given a good part, a failed part with regions, and a reviewed one (the reads skip re-validation)
+    api.upload(GOOD_PNG, serial="SN-9")
+    bad = api.upload(BAD_PNG, serial="SN-9")["result_id"]
+    r = api.client.post(
+        f"{V1}/inspections/{bad}/review",
+        json={"decision": "override", "verdict": "PASS", "reason": "dust on the lens"},
+        headers=api.auth("quality"),
+    )
+    assert r.status_code == 201, r.text
+    from qcstation.station.api.schemas import InspectionDetailOut, InspectionPage, SerialHistoryOut
+
+    reads = [
+        (f"{V1}/inspections", {"limit": 1}, InspectionPage),
+        (f"{V1}/inspections", {"serial": "SN-9"}, InspectionPage),
+        (f"{V1}/serials/SN-9/history", {}, SerialHistoryOut),
+        (f"{V1}/inspections/{bad}", {}, InspectionDetailOut),
+    ]
+    for path, params, model in reads:
+        resp = api.client.get(path, params=params, headers=api.auth("mes"))
+        # then each body validates against its published model, and is byte for byte its serialisation
+        assert resp.status_code == 200 and resp.headers["content-type"] == "application/json"
+        assert resp.content == model.model_validate_json(resp.content).model_dump_json(by_alias=True).encode()
+    one = api.client.get(f"{V1}/inspections/{bad}", headers=api.auth("mes")).json()
+    assert one["regions"] and one["review"]["result_state"] == "PASS"
+
+
 # -- batches and holds ------------------------------------------------------------------------------------
 
 

@@ -27,8 +27,10 @@ from qcstation.station.api.schemas import (
     HoldOut,
     InspectionDetailOut,
     InspectionPage,
+    JsonBody,
     SerialHistoryOut,
     Verdict,
+    detail_fields,
     inspection_fields,
 )
 from qcstation.station.review import Review, reviews_for
@@ -70,7 +72,7 @@ async def list_inspections(
     until: Annotated[datetime | None, Query(description="decided before (ISO 8601 with zone)")] = None,
     cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the last page")] = None,
     limit: Limit = 100,
-) -> InspectionPage:
+) -> JsonBody:
     """This station's results, oldest first, all filters combined.
 
     Paging is by cursor, not offset: ``next_cursor`` names the last result of the page, and the next page
@@ -96,9 +98,7 @@ async def list_inspections(
         raise ApiError(400, "bad_cursor" if "cursor" in str(e) else "bad_filter", str(e)) from e
     next_cursor = encode_cursor("i", rows[-1].id) if rows else cursor
     items = [inspection_fields(r) for r in rows]
-    return InspectionPage.model_validate(
-        {"items": items, "next_cursor": next_cursor, "has_more": len(rows) == limit}
-    )
+    return JsonBody({"items": items, "next_cursor": next_cursor, "has_more": len(rows) == limit})
 
 
 def _record(ctx: ApiContext, result_id: str) -> InspectionRecord:
@@ -114,10 +114,10 @@ def _record_and_review(ctx: ApiContext, result_id: str) -> tuple[InspectionRecor
 
 
 @router.get("/inspections/{result_id}", response_model=InspectionDetailOut, summary="One result")
-async def get_inspection(ctx: Ctx, _who: Reader, result_id: ResultId) -> InspectionDetailOut:
+async def get_inspection(ctx: Ctx, _who: Reader, result_id: ResultId) -> JsonBody:
     """One result by id (any station in this database), with its latest quality review (``review``)."""
     rec, review = await run_in_threadpool(_record_and_review, ctx, result_id)
-    return InspectionDetailOut.with_review(rec, review)
+    return JsonBody(detail_fields(rec, review))
 
 
 _IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
@@ -182,10 +182,10 @@ def get_overlay(ctx: Ctx, _who: Reader, result_id: ResultId) -> Response:
 @router.get("/serials/{serial}/history", response_model=SerialHistoryOut, summary="A part's whole history")
 async def serial_history(
     ctx: Ctx, _who: Reader, serial: Annotated[str, Path(pattern=SERIAL_PATTERN)]
-) -> SerialHistoryOut:
+) -> JsonBody:
     """Every result of one serial number at every station in this database, oldest first (up to 1000)."""
     rows = await run_in_threadpool(ctx.store.serial_history, serial, limit=1000)
-    return SerialHistoryOut.model_validate({"part_id": serial, "items": [inspection_fields(r) for r in rows]})
+    return JsonBody({"part_id": serial, "items": [inspection_fields(r) for r in rows]})
 
 
 # -- batches --------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_json
+from starlette.responses import JSONResponse
 
 from qcstation.station.review import Review
 from qcstation.station.store import BatchRow, EventRecord, HoldRecord, InspectionRecord
@@ -118,8 +120,8 @@ def _duration_ms(start: str, end: str) -> float:
 def inspection_fields(r: InspectionRecord) -> dict[str, Any]:
     """The fields of :class:`InspectionOut` for a stored record, as plain values.
 
-    A page validates them once, in one call (``InspectionPage.model_validate``), instead of building five
-    models per result in Python.
+    The result reads send them as they are (:class:`JsonBody`); the types are the model's already (the
+    store gives floats for scores and timings, ints for ids and boxes), so the bytes are the same.
     """
     return {
         "result_id": r.id,
@@ -151,6 +153,34 @@ def inspection_fields(r: InspectionRecord) -> dict[str, Any]:
     }
 
 
+def review_fields(r: Review) -> dict[str, Any]:
+    """The fields of :class:`ReviewOut` for a review, as plain values."""
+    return {
+        "event_id": r.event_id,
+        "decision": r.decision,
+        "original_result_state": r.original_verdict,
+        "result_state": r.verdict,
+        "reviewed_by": r.actor,
+        "reason": r.reason,
+        "reviewed_at": r.at,
+    }
+
+
+class JsonBody(JSONResponse):
+    """A body of plain values made by the ``*_fields`` functions, encoded by pydantic-core as it is.
+
+    FastAPI sends a returned ``Response`` without validating or serialising it again, while the route's
+    ``response_model`` still documents the body. The result reads return these: their values come from typed
+    store records, and validating a page of 50 results into models only to serialise them again was a third
+    of the API's own CPU for a list page (docs/bench-api.md). The bytes are those the ``response_model``
+    would give; tests/station/api/test_api.py checks the bodies against the models.
+    """
+
+    def render(self, content: Any) -> bytes:
+        """Compact UTF-8 JSON, as FastAPI writes a ``response_model`` (non-finite floats as null)."""
+        return to_json(content)
+
+
 class ReviewOut(_Out):
     """A quality engineer's review of a result: an audit event, never a change to the record."""
 
@@ -165,17 +195,7 @@ class ReviewOut(_Out):
     @classmethod
     def of(cls, r: Review) -> ReviewOut:
         """From a review."""
-        return cls.model_validate(
-            {
-                "event_id": r.event_id,
-                "decision": r.decision,
-                "original_result_state": r.original_verdict,
-                "result_state": r.verdict,
-                "reviewed_by": r.actor,
-                "reason": r.reason,
-                "reviewed_at": r.at,
-            }
-        )
+        return cls.model_validate(review_fields(r))
 
 
 class InspectionDetailOut(InspectionOut):
@@ -188,9 +208,12 @@ class InspectionDetailOut(InspectionOut):
     @classmethod
     def with_review(cls, r: InspectionRecord, review: Review | None) -> InspectionDetailOut:
         """From a stored record and its latest review."""
-        return cls.model_validate(
-            {**inspection_fields(r), "review": None if review is None else ReviewOut.of(review)}
-        )
+        return cls.model_validate(detail_fields(r, review))
+
+
+def detail_fields(r: InspectionRecord, review: Review | None) -> dict[str, Any]:
+    """The fields of :class:`InspectionDetailOut` for a stored record and its latest review."""
+    return {**inspection_fields(r), "review": None if review is None else review_fields(review)}
 
 
 class ReviewIn(_In):
