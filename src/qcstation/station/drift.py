@@ -153,6 +153,16 @@ class DriftMonitor:
         """The last full window's checks (empty until the window has filled once)."""
         return self._last
 
+    @property
+    def references(self) -> tuple[tuple[float, float, float], ...]:
+        """What the window is compared with: (quantile, its score on the card, share expected above it)."""
+        return tuple((q, ref, p) for (q, ref), p in zip(self._refs, self._expected, strict=True))
+
+    @property
+    def samples(self) -> int:
+        """Passed parts in the window now (up to ``rule.window``)."""
+        return len(self._window)
+
     def observe(self, score: float, passed: bool, at: datetime) -> ScoreDrift | None:
         """Count one judged part; returns an event when the state changes.
 

@@ -76,7 +76,7 @@ class Api:
 
 
 def build(
-    tmp_path: Path, model: Path, *, issue: bool = True, **config: Any
+    tmp_path: Path, model: Path, *, issue: bool = True, recipe: dict[str, Any] | None = None, **config: Any
 ) -> tuple[Any, Store, Station, TokenStore, dict[str, str]]:
     data = tmp_path / "data"
     store = Store.open(data / "qc.db", "st1")
@@ -87,7 +87,7 @@ def build(
     station = Station(
         source=source,
         detector=Detector.from_path(model),
-        recipe=load_recipe(write_recipe(tmp_path, model)),
+        recipe=load_recipe(write_recipe(tmp_path, model, **(recipe or {}))),
         store=store,
         archive=archive,
         batch_id="B1",
@@ -106,10 +106,13 @@ def build(
 
 @pytest.fixture
 def app_builder(tmp_path: Path, tiny_model: Path) -> Any:
-    """``app_builder(issue=True, **ApiConfig fields) -> (app, store, station, tokens, secrets)``."""
+    """``app_builder(issue=True, model=None, recipe=None, **ApiConfig fields) -> (app, store, station, tokens,
+    secrets)``: ``model`` replaces the tiny model, ``recipe`` overrides recipe fields."""
 
-    def make(*, issue: bool = True, **config: Any) -> tuple[Any, Store, Station, TokenStore, dict[str, str]]:
-        return build(tmp_path, tiny_model, issue=issue, **config)
+    def make(
+        *, issue: bool = True, model: Path | None = None, recipe: dict[str, Any] | None = None, **config: Any
+    ) -> tuple[Any, Store, Station, TokenStore, dict[str, str]]:
+        return build(tmp_path, model or tiny_model, issue=issue, recipe=recipe, **config)
 
     return make
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -355,6 +356,59 @@ def test_status_metrics_health_ready(api: Api) -> None:
     )
     assert api.client.get(f"{V1}/health").json()["status"] == "ok"
     assert api.client.get(f"{V1}/ready").status_code == 200
+
+
+def test_status_shows_score_drift_and_station_faults(app_builder: Any, make_model: Any) -> None:
+    from datetime import UTC, datetime
+
+    from qcstation.station.types import StationFault
+
+    # given a model whose card says good parts score very low (p50 0.001, p90 0.01), a 30-part drift window
+    model = make_model(
+        "drift.onnx",
+        card_overrides={"good_scores": {"quantiles": {"0.5": 0.001, "0.9": 0.01}, "count": 100}},
+    )
+    app, store, station, _tokens, secrets = app_builder(model=model, recipe={"drift": {"window": 30}})
+    viewer = {"Authorization": f"Bearer {secrets['viewer']}"}
+    greyish = cv2.imencode(".png", np.full((96, 96), 145, np.uint8))[1].tobytes()
+    with TestClient(app) as client:
+        status = lambda: client.get(f"{V1}/status", headers=viewer).json()  # noqa: E731
+        d = status()["drift"]
+        assert (d["state"], d["samples"], d["window"], d["z"], d["since"]) == ("filling", 0, 30, None, None)
+        assert [(c["quantile"], c["score"], c["observed"]) for c in d["checks"]] == [
+            (0.5, 0.001, None),
+            (0.9, 0.01, None),
+        ]
+        assert "good_scores" in d["reference"] and status()["faults"] == []
+        # when 30 parts pass that all score above the card's good p90 (a little darker than its good parts)
+        for i in range(30):
+            r = client.post(
+                f"{V1}/inspect",
+                files={"file": ("p.png", greyish, "image/png")},
+                data={"serial": f"G{i}"},
+                headers={"Authorization": f"Bearer {secrets['operator']}"},
+            )
+            assert r.status_code == 201 and r.json()["result_state"] == "PASS", r.text
+        # then the status says the scores drift, how far, since when, as the score_drift event does
+        d = status()["drift"]
+        assert d["state"] == "drifting" and d["samples"] == 30 and d["z"] > d["z_limit"] == 4.0
+        assert d["checks"][1]["observed"] == 1.0 and d["checks"][1]["expected"] == 0.1
+        events = client.get(f"{V1}/events", params={"kind": "score_drift"}, headers=viewer).json()["items"]
+        assert len(events) == 1 and d["since"] == events[0]["at"] and d["detail"] == events[0]["reason"]
+        # when the camera is lost (the station reports it to its batch monitor), then the status lists it
+        lost = datetime(2026, 1, 31, 8, 0, tzinfo=UTC)
+        station.monitor.fault(StationFault("source", "camera lost", lost))
+        assert status()["faults"] == [
+            {
+                "kind": "source",
+                "since": "2026-01-31T08:00:00.000000Z",
+                "detail": "source fault: camera lost",
+                "error_parts": 0,
+            }
+        ]
+        station.monitor.fault(StationFault("source", "camera back", lost, recovered=True))
+        assert status()["faults"] == []
+    store.close()
 
 
 def test_ready_is_503_without_a_station(tmp_path: Path) -> None:

@@ -11,12 +11,14 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 import yaml
@@ -63,11 +65,12 @@ BAD_PNG = cv2.imencode(".png", BAD)[1].tobytes()
 
 @dataclass
 class Served:
-    """A running server: its base URL, a token per role, the store."""
+    """A running server: its base URL, a token per role, the store, the station."""
 
     base: str
     secrets: dict[str, str]
     store: Store
+    station: Station
 
     def auth(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.secrets[role]}"}
@@ -86,8 +89,9 @@ class Served:
         return result
 
 
-@pytest.fixture
-def served(tmp_path: Path, tiny_model: Path) -> Iterator[Served]:
+@contextmanager
+def serve(tmp_path: Path, model: Path, **recipe_extra: Any) -> Iterator[Served]:
+    """A real server over a station with ``model`` and the screen test's recipe (plus ``recipe_extra``)."""
     data = tmp_path / "data"
     store = Store.open(data / "qc.db", "line-3")
     tokens = TokenStore(store)
@@ -97,7 +101,7 @@ def served(tmp_path: Path, tiny_model: Path) -> Iterator[Served]:
         yaml.safe_dump(
             {
                 "product": "bracket",
-                "model": str(tiny_model),
+                "model": str(model),
                 "mm_per_px": 0.1,
                 "classes": {"dark": {"min_area_px": 20}},
                 "holds": {
@@ -106,13 +110,14 @@ def served(tmp_path: Path, tiny_model: Path) -> Iterator[Served]:
                     "p_chart": {"baseline_rate": 0.1, "subgroup": 10, "sigma": 3.0},
                 },
                 "images": {"keep_pass_every": 1},
+                **recipe_extra,
             }
         )
     )
     archive = ImageArchive(data / "images")
     station = Station(
         source=TriggerSource(ListSource([GOOD], loop=True, name="cam-1")),
-        detector=Detector.from_path(tiny_model),
+        detector=Detector.from_path(model),
         recipe=load_recipe(recipe),
         store=store,
         archive=archive,
@@ -138,11 +143,17 @@ def served(tmp_path: Path, tiny_model: Path) -> Iterator[Served]:
         time.sleep(0.05)
     assert server.started, "uvicorn did not start"
     try:
-        yield Served(f"http://127.0.0.1:{port}", secrets, store)
+        yield Served(f"http://127.0.0.1:{port}", secrets, store, station)
     finally:
         server.should_exit = True
         thread.join(10)
         store.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path, tiny_model: Path) -> Iterator[Served]:
+    with serve(tmp_path, tiny_model) as s:
+        yield s
 
 
 def test_operator_and_quality_at_the_screen(served: Served) -> None:
@@ -251,5 +262,55 @@ def test_operator_and_quality_at_the_screen(served: Served) -> None:
             page.screenshot(path=str(ARTIFACTS / "06-fullhd.png"))
             assert not errors, errors
             assert served.store.verify().ok
+        finally:
+            browser.close()
+
+
+def test_score_drift_and_a_lost_camera_show_in_the_health_area(tmp_path: Path, make_model: Any) -> None:
+    from datetime import UTC, datetime
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from qcstation.station.types import StationFault
+
+    # given a model whose card says good parts score very low (p50 0.001, p90 0.01), a 30-part drift window
+    model = make_model(
+        "drift.onnx",
+        card_overrides={"good_scores": {"quantiles": {"0.5": 0.001, "0.9": 0.01}, "count": 100}},
+    )
+    greyish = cv2.imencode(".png", np.full((240, 320), 145, np.uint8))[1].tobytes()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with serve(tmp_path, model, drift={"window": 30}) as served, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
+            context.add_init_script(f"localStorage.setItem('qcs.token', '{served.secrets['operator']}')")
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(served.base + "/")
+            expect(page.locator("#s-drift")).to_contain_text("filling: 0 of 30")
+            expect(page.locator("#s-faults")).to_have_text("none")
+            warning = page.locator("#drift-warn")
+            expect(warning).to_be_hidden()
+            # when 30 parts pass that all score above the card's good p90 (darker than its good parts)
+            for i in range(30):
+                assert served.part(greyish, f"SN-{2000 + i}")["result_state"] == "PASS"
+            # then the station's drift monitor signals drift and the health area shows an amber warning,
+            # while the parts stay PASS and the batch is not held (no hold banner)
+            expect(warning).to_be_visible(timeout=10_000)
+            expect(warning).to_contain_text("SCORE DRIFT")
+            expect(page.locator("#drift-detail")).to_contain_text("of the last 30 passed parts")
+            expect(page.locator("#s-drift")).to_contain_text("DRIFTING")
+            expect(page.locator("#health")).to_have_class("panel warn")
+            expect(page.locator("#hold")).to_be_hidden()
+            expect(page.locator("#v-word")).to_have_text("PASS")
+            # and a camera lost, as the station reports it to its batch monitor, is listed with its start
+            served.station.monitor.fault(
+                StationFault("source", "camera lost", datetime(2026, 1, 31, 8, 0, 5, tzinfo=UTC))
+            )
+            expect(page.locator("#s-faults")).to_have_text("source since 08:00:05 UTC")
+            page.screenshot(path=str(ARTIFACTS / "07-drift-and-fault.png"))
+            assert not errors, errors
         finally:
             browser.close()

@@ -26,7 +26,10 @@ from qcstation.station.api.schemas import (
     BATCH_ID_PATTERN,
     SERIAL_PATTERN,
     ControlLimitsOut,
+    DriftCheckOut,
+    DriftOut,
     FailRateOut,
+    FaultOut,
     HoldIn,
     HoldOut,
     InspectionOut,
@@ -39,8 +42,11 @@ from qcstation.station.api.schemas import (
     TriggerIn,
     TriggerOut,
 )
+from qcstation.station.drift import DriftMonitor, ScoreDrift
+from qcstation.station.holds import BatchMonitor
 from qcstation.station.recipe import HoldRules
 from qcstation.station.sources import decode_image, sniff_extension
+from qcstation.station.store import utc_iso
 from qcstation.station.types import BatchStatus, HoldRaised
 
 router = APIRouter(tags=["operator"])
@@ -295,7 +301,48 @@ def status(ctx: Ctx, _who: Reader) -> StatusOut:
         hold=HoldOut.of(open_holds[-1]) if open_holds else None,
         outbox_backlog=backlog,
         control_limits=control_limits(st.recipe.holds),
+        drift=None if st.drift is None else drift_status(st.drift, s.drift),
+        faults=faults(st.monitor),
     )
+
+
+def drift_status(monitor: DriftMonitor, event: ScoreDrift | None) -> DriftOut:
+    """The drift watch now: its window against the card's quantiles, and the drift event while drifting."""
+    last = {c.quantile: c for c in monitor.checks}  # empty until the window has filled once
+    checks = []
+    for q, score, expected in monitor.references:
+        c = last.get(q)
+        checks.append(
+            DriftCheckOut(
+                quantile=q,
+                score=round(score, 6),
+                expected=round(expected, 4),
+                observed=None if c is None else round(c.observed, 4),
+                z=None if c is None else round(c.z, 2),
+            )
+        )
+    worst = max(last.values(), key=lambda c: abs(c.z), default=None)
+    drifting = monitor.drifting
+    event = event if drifting and event is not None and event.drifting else None
+    return DriftOut(
+        state="drifting" if drifting else ("ok" if last else "filling"),
+        z=None if worst is None else round(worst.z, 2),
+        z_limit=monitor.rule.z_limit,
+        window=monitor.rule.window,
+        samples=monitor.samples,
+        reference="the model card's good_scores: quantiles of the scores of good validation parts",
+        checks=checks,
+        since=None if event is None else utc_iso(event.at),
+        detail=None if event is None else event.detail,
+    )
+
+
+def faults(monitor: BatchMonitor) -> list[FaultOut]:
+    """The batch monitor's ongoing faults, oldest first."""
+    return [
+        FaultOut(kind=kind, since=utc_iso(since), detail=what, error_parts=errors)
+        for kind, since, what, errors in monitor.faults
+    ]
 
 
 def control_limits(rules: HoldRules) -> ControlLimitsOut:

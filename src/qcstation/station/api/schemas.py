@@ -473,6 +473,52 @@ class ControlLimitsOut(_Out):
     review_counts_as_fail: bool = Field(description="REVIEW parts count as fails in the hold rules")
 
 
+class DriftCheckOut(_Out):
+    """One reference quantile of the model card's good-part scores, and the window against it."""
+
+    quantile: float = Field(description="quantile of the card's good validation scores (0.5 = median)")
+    score: float = Field(description="that quantile's score on the card")
+    expected: float = Field(description="share of passing good parts expected to score above it")
+    observed: float | None = Field(description="share of the window's passed parts above it (null: filling)")
+    z: float | None = Field(description="binomial z-score of the observed count (null while filling)")
+
+
+class DriftOut(_Out):
+    """Score drift: passed parts' scores against the model card's validation scores of good parts.
+
+    Advisory: it never changes a verdict or holds a batch; the ``score_drift`` and ``score_drift_cleared``
+    audit events record each change.
+    """
+
+    state: Literal["filling", "ok", "drifting"] = Field(
+        description="filling: fewer passed parts than the window so far; drifting: some |z| went over "
+        "z_limit, until every |z| is back under half of it"
+    )
+    z: float | None = Field(
+        description="the check with the largest |z|, signed: + scores crept up (false rejects coming), - "
+        "they collapsed (a blank or overexposed view); null while filling"
+    )
+    z_limit: float
+    window: int = Field(description="passed parts in the sliding window")
+    samples: int = Field(description="passed parts in the window now")
+    reference: str = Field(description="what the window is compared with")
+    checks: list[DriftCheckOut]
+    since: str | None = Field(description="when the drift was signalled (UTC); null unless drifting")
+    detail: str | None = Field(description="the drift event's sentence; null unless drifting")
+
+
+class FaultOut(_Out):
+    """An ongoing station fault of one kind (the batch monitor's view, which a station_fault hold uses)."""
+
+    kind: str = Field(description="inspection (ERROR verdicts), source (camera), store (unwritable), ...")
+    since: str = Field(
+        description="UTC; when the fault began, or the last hold release during it (the hold rule counts "
+        "from there)"
+    )
+    detail: str
+    error_parts: int = Field(description="ERROR parts during an inspection fault")
+
+
 class StatusOut(_Out):
     """The station at a glance."""
 
@@ -496,6 +542,12 @@ class StatusOut(_Out):
     control_limits: ControlLimitsOut | None = Field(
         default=None, description="the recipe's hold rules as control limits (null without a station)"
     )
+    drift: DriftOut | None = Field(
+        default=None,
+        description="score drift watch (null without a station, with drift off in the recipe, or with a "
+        "model card without good-score quantiles)",
+    )
+    faults: list[FaultOut] = Field(default_factory=list, description="ongoing station faults, oldest first")
 
 
 class HealthOut(_Out):

@@ -479,8 +479,40 @@ async function refreshStatus() {
   const st = $("s-store");
   st.textContent = s.store_fault ? "FAULT: " + s.store_fault : "ok";
   st.className = s.store_fault ? "bad-text" : "ok-text";
+  showDrift(s.drift);
+  showFaults(s.faults || []);
   if (s.hold) showHold(s.hold); else if (state.hold && s.batch_state !== "HOLD") showHold(null);
   if (first || jobChanged) { await loadBatch(); drawTrend(); }
+}
+
+// Score drift is advisory (parts are still judged): an amber notice in the health panel, not the hold banner.
+function showDrift(d) {
+  const dd = $("s-drift");
+  const drifting = Boolean(d) && d.state === "drifting";
+  $("drift-warn").hidden = !drifting;
+  $("health").classList.toggle("warn", drifting);
+  if (!d) {
+    dd.textContent = "not watched";
+    dd.className = "muted";
+    return;
+  }
+  const z = d.z === null ? "" : ` · z ${d.z > 0 ? "+" : ""}${d.z.toFixed(1)} (limit ±${d.z_limit})`;
+  if (d.state === "filling") dd.textContent = `filling: ${d.samples} of ${d.window} passed parts`;
+  else dd.textContent = (drifting ? "DRIFTING" : "ok") + z;
+  dd.className = drifting ? "warn-text" : d.state === "ok" ? "ok-text" : "";
+  if (drifting) {
+    setText("drift-since", d.since ? "since " + hhmmss(d.since) + " UTC" : "");
+    setText("drift-detail", d.detail || `z ${d.z} over the last ${d.window} passed parts`);
+  }
+}
+
+function showFaults(faults) {
+  const dd = $("s-faults");
+  dd.textContent = faults.length
+    ? faults.map((f) => `${f.kind} since ${hhmmss(f.since)} UTC` + (f.error_parts ? ` (${f.error_parts} ERROR)` : "")).join(" · ")
+    : "none";
+  dd.title = faults.map((f) => f.detail).join("\n");
+  dd.className = faults.length ? "bad-text" : "ok-text";
 }
 
 async function loadBatch() {
