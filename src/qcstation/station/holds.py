@@ -96,7 +96,7 @@ class BatchMonitor:
 
     @property
     def faults(self) -> list[tuple[str, datetime, str, int]]:
-        """Ongoing faults, oldest first: (kind, since, what, ERROR parts); a release restarts their ``since``."""
+        """Ongoing faults, oldest first: (kind, since, what, ERROR parts); a release restarts ``since``."""
         faults = list(self._faults.items())  # one step: the API's threads read while the station writes
         return sorted(((k, f.since, f.what, len(f.errors)) for k, f in faults), key=lambda t: t[1])
 
