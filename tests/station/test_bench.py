@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from model_factory import part_image
+from qcstation.inspect.detector import Detector
 from qcstation.station import bench
 from qcstation.station.bench import BenchConfig
 
@@ -88,3 +89,24 @@ def test_quick_bench_fills_every_row_with_finite_positive_figures(setup: tuple[P
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(rows)
     assert all(line.count("|") == 7 for line in table)
+
+
+def test_throughput_measures_the_bare_model_on_every_core_beside_the_stations_threads(
+    setup: tuple[Path, Path], tiny_model: Path
+) -> None:
+    recipe, images = setup
+    det = Detector.from_path(tiny_model, intra_op_threads=1)
+    wide = Detector.from_path(tiny_model, intra_op_threads=2)
+    # when the throughput is measured with a second, all-cores detector for the bare loop
+    t = bench.measure_throughput(det, recipe, images, frames=12, repeats=2, all_cores=wide)
+    # then that bare loop ran alternating with the others (before, between and after the station runs)
+    assert len(t.runs["bare_all_cores"]) == len(t.runs["bare"]) == 3
+    assert len(t.runs["pipeline"]) == len(t.ratios["vs_bare_all_cores"]) == 2
+    assert t.bare_all_cores_fps is not None and t.bare_all_cores_fps > 0
+    paired = [t.runs["pipeline"][i] / np.mean(t.runs["bare_all_cores"][i : i + 2]) for i in range(2)]
+    assert t.vs_bare_all_cores == pytest.approx(float(np.median(paired)))
+    # and the table shows it as its own row against the same target
+    report = bench.Report(model="tiny", threads=1, repeats=2, loadavg_start=(0.0, 0.0, 0.0))
+    report.throughput = t
+    names = [r.figure for r in bench.rows(report)]
+    assert any("all" in n and "cores" in n for n in names)
