@@ -14,6 +14,7 @@ from qcstation.inspect.detector import Detector
 from qcstation.training.anomaly import smooth_noise_mask, synthesize_anomaly
 from qcstation.training.data import MaskFoldersReader
 from qcstation.training.defectnet import (
+    BatchMaker,
     DefectEnsemble,
     DefectNet,
     DefectTrainConfig,
@@ -132,6 +133,29 @@ def test_two_members_train_in_parallel_and_export_as_one_graph(tmp_path: Path) -
     assert export_onnx(model, card, tmp_path / "tiny.onnx").max_abs_diff < 1e-4
     det = Detector.from_path(tmp_path / "tiny.onnx")
     assert det.inspect(val.images[0]).image_score == pytest.approx(float(heads[0, 1]), abs=1e-4)
+
+
+def test_hard_good_sampling_draws_the_good_images_the_network_scores_as_defective() -> None:
+    pool = tiny_pool(20, 24, seed=3)  # 10 good (even indices), 10 defective
+    maker = BatchMaker(pool, 10, defect_share=0.0, hard_good=1.0, seed=0)
+    maker()
+    # when the network scores the last batch's good images: one of them 0.9, the rest 0
+    first = maker.drawn_good[0][1]
+    maker.good_scores[:] = 0.0
+    probs = np.zeros(10)
+    for pos, k in maker.drawn_good:
+        probs[pos] = 0.9 if k == first else 0.0
+    maker.score_good(probs)
+    assert maker.good_scores[first] == pytest.approx(0.9) and maker.good_scores.sum() == pytest.approx(0.9)
+    # then the next batches are nearly all that image (weight 0.9 against 1e-3 for each other one)
+    drawn = [k for _ in range(20) for _, k in (maker(), maker.drawn_good)[1]]
+    assert len(drawn) == 200 and drawn.count(first) / len(drawn) > 0.95
+    # and without hard_good the same scores change nothing: good images are drawn uniformly
+    plain = BatchMaker(pool, 10, defect_share=0.0, seed=0)
+    plain.good_scores[:] = 0.0
+    plain.good_scores[first] = 0.9
+    drawn = [k for _ in range(20) for _, k in (plain(), plain.drawn_good)[1]]
+    assert drawn.count(first) / len(drawn) < 0.25
 
 
 def test_synthetic_anomaly_mask_is_exactly_what_was_drawn() -> None:

@@ -305,6 +305,9 @@ class BatchMaker:
         defect_share: share of each batch drawn from defective images (real or synthetic).
         synthetic: make the defective share by drawing anomalies onto good images (good-only mode).
         synthetic_share: in supervised mode, share of the defective draws made synthetic (class 1).
+        hard_good: share of the good draws picked in proportion to how defective the network last
+            scored that image (:meth:`score_good`), the rest uniformly: the good parts the network
+            confuses with defects are the false rejects that set a low false-reject operating point.
         preset: augmentation preset (light, default, heavy) or a YAML file (training.augment).
         rotate90: random 90° turns in the augmentation.
         seed: random seed.
@@ -320,6 +323,7 @@ class BatchMaker:
         defect_share: float = 0.5,
         synthetic: bool = False,
         synthetic_share: float = 0.0,
+        hard_good: float = 0.0,
         preset: str = "default",
         rotate90: bool = True,
         seed: int = 0,
@@ -331,6 +335,7 @@ class BatchMaker:
         self.defect_share = defect_share
         self.synthetic = synthetic
         self.synthetic_share = synthetic_share
+        self.hard_good = hard_good
         self.rng = np.random.default_rng(seed)
         self.aug = load_augmentation(preset, rotate90=rotate90)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -343,11 +348,27 @@ class BatchMaker:
                 f"{len(self.bad)} defective"
                 + ("" if synthetic else "; use good-only mode for a set without defects")
             )
+        # per good image, the network's last defect probability for it (0.5 until it was seen)
+        self.good_scores = np.full(len(self.good), 0.5)
+        self.drawn_good: list[tuple[int, int]] = []  # (position in the last batch, index into self.good)
+
+    def _pick_good(self) -> int:
+        """An index into ``self.good``: uniform, or (share ``hard_good``) weighted by its last score."""
+        if self.hard_good > 0 and self.rng.random() < self.hard_good:
+            w = self.good_scores + 1e-3
+            return int(self.rng.choice(len(self.good), p=w / w.sum()))
+        return int(self.rng.integers(len(self.good)))
+
+    def score_good(self, defect_probs: np.ndarray) -> None:
+        """Record the network's defect probability for the real good images of the last batch."""
+        for pos, k in self.drawn_good:
+            self.good_scores[k] = float(defect_probs[pos])
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(images N x 1 x H x W, masks N x H x W long)."""
         xs, ms = [], []
-        for _ in range(self.batch_size):
+        self.drawn_good = []
+        for pos in range(self.batch_size):
             want_bad = self.rng.random() < self.defect_share
             if self.synthetic:
                 i = int(self.rng.choice(self.good))
@@ -364,8 +385,13 @@ class BatchMaker:
                 others = [self.pool.images[int(j)] for j in self.rng.choice(self.good, 2)]
                 img, drawn = synthesize_anomaly(img, others, self.rng)
                 mask = drawn.astype(np.uint8)
+            elif want_bad:
+                i = int(self.rng.choice(self.bad))
+                img, mask = self.aug(self.pool.images[i], self.pool.masks[i])
             else:
-                i = int(self.rng.choice(self.bad if want_bad else self.good))
+                k = self._pick_good()
+                self.drawn_good.append((pos, k))
+                i = int(self.good[k])
                 img, mask = self.aug(self.pool.images[i], self.pool.masks[i])
             xs.append(normalise(img, self.mean, self.std))
             ms.append(torch.from_numpy(np.ascontiguousarray(mask)).long())
@@ -414,6 +440,7 @@ class DefectTrainConfig:
         pool_topk: :class:`DefectNet` ``pool_topk`` (0: image head pools the defect margin's max and mean).
         ema_decay: per-step decay of an exponential moving average of the weights (0: off); when on, the
             averaged weights are what is validated, kept and exported.
+        hard_good: :class:`BatchMaker` ``hard_good`` (supervised mode; 0: good images drawn uniformly).
         synthetic_pretrain: supervised mode: share of the time budget spent first on synthetic anomalies
             only (every defective draw synthetic), before the real defects join.
         members: networks trained (in parallel processes, each seeded ``seed + k``, each with its share
@@ -442,6 +469,7 @@ class DefectTrainConfig:
     pool_topk: float = 0.0
     ema_decay: float = 0.0
     synthetic_pretrain: float = 0.0
+    hard_good: float = 0.0
     members: int = 1
     seed: int = 0
     num_threads: int | None = None
@@ -554,6 +582,7 @@ def train_defect_net(
         defect_share=config.defect_share,
         synthetic=config.synthetic,
         synthetic_share=synthetic_share,
+        hard_good=0.0 if config.synthetic else config.hard_good,
         preset=config.preset,
         rotate90=config.rotate90,
         seed=config.seed,
@@ -634,6 +663,8 @@ def train_defect_net(
             inter = (probs * onehot).sum((0, 2, 3))
             dice = 1 - ((2 * inter + 1) / (probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1)).mean()
             loss = ce + dice + config.image_loss_weight * F.cross_entropy(img, y_img)
+            if maker.hard_good > 0:
+                maker.score_good(1.0 - img.detach().softmax(dim=1)[:, 0].numpy())
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {loss.item()} at epoch {epoch}; lower the lr")
             opt.zero_grad(set_to_none=True)
