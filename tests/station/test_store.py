@@ -121,6 +121,26 @@ def test_round_trip_pass_fail_error(store: Store) -> None:
     assert store.verify().ok
 
 
+def test_json_columns_parse_as_if_each_were_read_alone(store: Store, db_path: Path) -> None:
+    # Given a FAIL whose class name (in reasons, regions and class_scores) holds JSON punctuation and
+    # non-ASCII text: from_row parses the four JSON columns in one json.loads
+    name = 'sc"],{ratch ≥'
+    d = Factory().decision(Verdict.FAIL, regions=(region(name),))
+    commit(store, d)
+    # When the record is read back
+    rec = store.get_inspection(d.record_id)
+    # Then each field is what parsing its column alone gives
+    con = sqlite3.connect(db_path)
+    con.row_factory = sqlite3.Row
+    row = con.execute("SELECT * FROM inspections WHERE id = ?", (d.record_id,)).fetchone()
+    con.close()
+    assert rec is not None
+    assert rec.reasons == tuple(json.loads(row["reasons"])) == (f"{name}: score 0.90",)
+    assert rec.regions == (region(name),) and [r.to_dict() for r in rec.regions] == json.loads(row["regions"])
+    assert rec.class_scores == json.loads(row["class_scores"]) == {"scratch": 0.1, "dent": 0.05, name: 0.9}
+    assert rec.timings == json.loads(row["timings"])
+
+
 def test_every_record_is_queued_in_the_outbox_as_the_api_shows_it(store: Store) -> None:
     f = Factory()
     d1, d2 = f.decision(), f.decision(Verdict.FAIL, regions=(region(),))
