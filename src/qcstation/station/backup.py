@@ -43,9 +43,10 @@ def backup_sqlite(src: Path, out: Path, *, pages: int = 4096) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
     try:
-        with contextlib.closing(sqlite3.connect(src, timeout=30)) as source, contextlib.closing(
-            sqlite3.connect(tmp)
-        ) as dest:
+        with (
+            contextlib.closing(sqlite3.connect(src, timeout=30)) as source,
+            contextlib.closing(sqlite3.connect(tmp)) as dest,
+        ):
             source.backup(dest, pages=pages, sleep=0.005)
             dest.execute("PRAGMA journal_mode=DELETE")
             ok = dest.execute("PRAGMA integrity_check").fetchone()[0]
@@ -150,6 +151,7 @@ def guard_disk(
         days = max(floor_days, days / 2 if days > 1 / 24 else 0.0)
     after = free_share(archive)
     if removed:
-        log.warning("disk guard: removed %d PASS image(s), %.1f MB; free %.1f%%", removed, freed / 1e6,
-                    after * 100)
+        log.warning(
+            "disk guard: removed %d PASS image(s), %.1f MB; free %.1f%%", removed, freed / 1e6, after * 100
+        )
     return GuardResult(before, after, removed, freed)

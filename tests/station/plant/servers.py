@@ -88,8 +88,9 @@ class Mosquitto:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_port(self.port)
 
     def stop(self) -> None:
@@ -116,9 +117,21 @@ class PgCluster:
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
         subprocess.run(
-            _as_postgres([f"{PG_BIN}/initdb", "-D", str(self.data), "--auth=trust", "-U", "postgres",
-                          "--no-sync", "-E", "UTF8"]),
-            check=True, capture_output=True,
+            _as_postgres(
+                [
+                    f"{PG_BIN}/initdb",
+                    "-D",
+                    str(self.data),
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ]
+            ),
+            check=True,
+            capture_output=True,
         )
 
     @property
@@ -128,15 +141,28 @@ class PgCluster:
     def start(self) -> None:
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
         subprocess.run(
-            _as_postgres([f"{PG_BIN}/pg_ctl", "-D", str(self.data), "-o", opts, "-l",
-                          str(self.dir / "log"), "-w", "start"]),
-            check=True, capture_output=True,
+            _as_postgres(
+                [
+                    f"{PG_BIN}/pg_ctl",
+                    "-D",
+                    str(self.data),
+                    "-o",
+                    opts,
+                    "-l",
+                    str(self.dir / "log"),
+                    "-w",
+                    "start",
+                ]
+            ),
+            check=True,
+            capture_output=True,
         )
 
     def stop(self) -> None:
         subprocess.run(
             _as_postgres([f"{PG_BIN}/pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"]),
-            check=False, capture_output=True,
+            check=False,
+            capture_output=True,
         )
 
     def destroy(self) -> None:

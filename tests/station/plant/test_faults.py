@@ -169,8 +169,19 @@ def test_kill_9_mid_run_then_restart_delivers_everything(tmp_path: Path, tiny_mo
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     env = {"PATH": "/usr/bin:/bin", "QCSTATION_STATION_ID": "kill-test", "QCSTATION_WEBHOOK_SECRET": "k"}
     rx = WebhookReceiver(b"k")
-    run = ["run", "--source", "frames", "--recipe", "recipe.yaml", "--data-dir", "data", "--loop", "--quiet",
-           "--rate", "200"]
+    run = [
+        "run",
+        "--source",
+        "frames",
+        "--recipe",
+        "recipe.yaml",
+        "--data-dir",
+        "data",
+        "--loop",
+        "--quiet",
+        "--rate",
+        "200",
+    ]
     fwd = ["forward", "--data-dir", "data", "--webhook", rx.url]
     station = subprocess.Popen(_qc(*run), cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
     db = tmp_path / "data" / "qcstation.db"
@@ -194,11 +205,24 @@ def test_kill_9_mid_run_then_restart_delivers_everything(tmp_path: Path, tiny_mo
         station.wait(10)
         forwarder.wait(10)
         # then the store opens and verifies, and a restarted forwarder delivers every recorded frame
-        verify = subprocess.run(_qc("verify", "--data-dir", "data"), cwd=tmp_path, env=env, check=False,
-                                capture_output=True, text=True)
+        verify = subprocess.run(
+            _qc("verify", "--data-dir", "data"),
+            cwd=tmp_path,
+            env=env,
+            check=False,
+            capture_output=True,
+            text=True,
+        )
         assert verify.returncode == 0, verify.stdout + verify.stderr
-        again = subprocess.run(_qc(*fwd, "--until-empty"), cwd=tmp_path, env=env, check=False,
-                               capture_output=True, text=True, timeout=120)
+        again = subprocess.run(
+            _qc(*fwd, "--until-empty"),
+            cwd=tmp_path,
+            env=env,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert again.returncode == 0, again.stderr
         with Store.open(db, "kill-test") as s:
             ids = _record_ids(s)

@@ -131,9 +131,7 @@ def test_four_station_processes_writing_one_postgresql(db_path: str) -> None:
         i, o = db.inspections, db.outbox
         with s.engine.connect() as conn:
             for st in stations:
-                serials = list(
-                    conn.scalars(sa.select(i.c.serial).where(i.c.station == st).order_by(i.c.seq))
-                )
+                serials = list(conn.scalars(sa.select(i.c.serial).where(i.c.station == st).order_by(i.c.seq)))
                 assert serials == [f"{st}-{k:06d}" for k in range(n)]
                 batches = set(conn.scalars(sa.select(i.c.batch_id).where(i.c.station == st)))
                 assert batches == {f"B-{st}"}
