@@ -35,7 +35,8 @@ the API in a second, read-only process over the same store.
 
 Reported: p50/p95/p99/max per endpoint and mode, achieved requests/s, errors, the station's rate per phase
 and loaded/idle ratios (medians over repeats), the load average and the server's CPU use per phase. The
-load generator runs in this process (asyncio + httpx), on the same 2 cores: its CPU is reported too.
+load generator runs in this process (asyncio + aiohttp; ``--client httpx`` for the library of the earlier
+runs), on the same 2 cores: its CPU is reported too. ``QCBENCH_CLIENT=httpx`` in a variant compares the two.
 """
 
 from __future__ import annotations
@@ -53,10 +54,12 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 from make_big_store import ensure  # benchmarks/ is on sys.path when this file is run as a script
@@ -64,6 +67,7 @@ from make_big_store import ensure  # benchmarks/ is on sys.path when this file i
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 ENDPOINTS = ("list", "list_next", "serial", "one")
+Fetch = Callable[[str, dict[str, Any] | None], Awaitable[tuple[int | str, bytes]]]
 MAX_REQUESTS_PER_CLIENT = 100_000  # a bound on every client loop, besides its deadline
 
 
@@ -162,6 +166,43 @@ class Recorder:
             self.errors[key] = self.errors.get(key, 0) + 1
 
 
+@contextlib.asynccontextmanager
+async def http_session(kind: str, base: str, headers: dict[str, str]) -> AsyncIterator[Fetch]:
+    """One keep-alive connection to ``base``, as ``fetch(url, params) -> (status, body bytes)``.
+
+    ``kind`` is the client library: ``aiohttp`` (the default: its HTTP parser is C, about a third of
+    httpx's CPU per request here, which matters when the clients share the station's two cores) or
+    ``httpx`` (what the runs before 2026-11-29 used).
+    """
+    if kind == "httpx":
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10.0, limits=limits) as c:
+
+            async def fetch_httpx(url: str, params: dict[str, Any] | None) -> tuple[int | str, bytes]:
+                try:
+                    r = await c.get(url, params=params)
+                except httpx.HTTPError as e:
+                    return type(e).__name__, b""
+                return r.status_code, r.content
+
+            yield fetch_httpx
+    elif kind == "aiohttp":
+        conn = aiohttp.TCPConnector(limit=1, force_close=False)
+        timeout = aiohttp.ClientTimeout(total=10.0)
+        async with aiohttp.ClientSession(base, headers=headers, connector=conn, timeout=timeout) as sess:
+
+            async def fetch_aiohttp(url: str, params: dict[str, Any] | None) -> tuple[int | str, bytes]:
+                try:
+                    async with sess.get(url, params=params) as r:
+                        return r.status, await r.read()
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    return type(e).__name__, b""
+
+            yield fetch_aiohttp
+    else:
+        raise ValueError(f"unknown client library {kind!r} (aiohttp or httpx)")
+
+
 async def client(
     i: int,
     base: str,
@@ -171,15 +212,15 @@ async def client(
     *,
     deadline: float,
     paced_rps: float | None,
+    kind: str,
 ) -> None:
     """One API client with its own keep-alive connection, looping until ``deadline``."""
     rng = random.Random(1000 + i)
     interval = 1.0 / paced_rps if paced_rps else 0.0
     next_at = time.perf_counter() + rng.uniform(0.0, interval)
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10.0, limits=limits) as c:
+    async with http_session(kind, base, headers) as fetch:
 
-        async def get(endpoint: str, url: str, params: dict[str, Any] | None = None) -> httpx.Response | None:
+        async def get(endpoint: str, url: str, params: dict[str, Any] | None = None) -> bytes | None:
             nonlocal next_at
             if interval:
                 now = time.perf_counter()
@@ -190,20 +231,16 @@ async def client(
                     next_at = now
                 next_at += interval
             t0 = time.perf_counter()
-            try:
-                r = await c.get(url, params=params)
-            except httpx.HTTPError as e:
-                rec.add(endpoint, t0, 0.0, type(e).__name__)
-                return None
-            rec.add(endpoint, t0, (time.perf_counter() - t0) * 1e3, r.status_code)
-            return r
+            status, body = await fetch(url, params)
+            rec.add(endpoint, t0, (time.perf_counter() - t0) * 1e3, status)
+            return body if status == 200 else None
 
         for _ in range(MAX_REQUESTS_PER_CLIENT // 4):
             if time.perf_counter() >= deadline:
                 break
             batch = rng.choice(targets.batches)
-            r = await get("list", "/api/v1/inspections", {"limit": 50, "batch": batch})
-            cursor = r.json().get("next_cursor") if r is not None and r.status_code == 200 else None
+            body = await get("list", "/api/v1/inspections", {"limit": 50, "batch": batch})
+            cursor = json.loads(body).get("next_cursor") if body is not None else None
             if cursor and time.perf_counter() < deadline:  # the same filter, one page further
                 await get("list_next", "/api/v1/inspections", {"limit": 50, "batch": batch, "cursor": cursor})
             if time.perf_counter() >= deadline:
@@ -385,6 +422,7 @@ async def run_phase(
     seconds: float,
     settle_s: float,
     paced_rps: float,
+    client_kind: str,
 ) -> Phase:
     """Settle, then measure the station's rate (and the clients' latencies) over ``seconds``."""
     rec = Recorder() if mode != "idle" else None
@@ -403,6 +441,7 @@ async def run_phase(
                     rec,
                     deadline=end,
                     paced_rps=paced_rps if mode == "paced" else None,
+                    kind=client_kind,
                 )
             )
             for i in range(1 if mode == "single" else clients)
@@ -619,6 +658,7 @@ async def run_server(
     """Start one server, run the phase plan against it, stop it: (phases, seconds to ready, command)."""
     port = args.port or free_port()
     log = args.data_dir / (f"serve-{name}.log" if name != "default" else "serve.log")
+    client_kind = env.get("QCBENCH_CLIENT", args.client)
     server = Server(args.data_dir, args.station, port, log, args.threads, split=args.split, env=env)
     print(f"server [{name}]: {server.command}  (load average {loadavg()})", flush=True)
     phases: list[Phase] = []
@@ -638,6 +678,7 @@ async def run_server(
                 seconds=args.warmup_s,
                 settle_s=0.0,
                 paced_rps=args.paced_rps,
+                client_kind=client_kind,
             )
         for mode in plan:
             p = await run_phase(
@@ -650,6 +691,7 @@ async def run_server(
                 seconds=args.phase_s,
                 settle_s=args.settle_s,
                 paced_rps=args.paced_rps,
+                client_kind=client_kind,
             )
             phases.append(p)
             n = sum(len(v) for v in p.rec.ms.values()) if p.rec else 0
@@ -734,6 +776,12 @@ def main() -> None:
     ap.add_argument("--phase-s", type=float, default=30.0, help="measured seconds per phase")
     ap.add_argument("--settle-s", type=float, default=3.0, help="unmeasured seconds before each phase")
     ap.add_argument("--warmup-s", type=float, default=10.0, help="unmeasured load before the first phase")
+    ap.add_argument(
+        "--client",
+        choices=("aiohttp", "httpx"),
+        default="aiohttp",
+        help="the clients' HTTP library (a variant's QCBENCH_CLIENT overrides it)",
+    )
     ap.add_argument("--paced-rps", type=float, default=2.0, help="requests/s per client in the paced phase")
     ap.add_argument("--repeats", type=int, default=1, help="unpaced/paced phase pairs per server")
     ap.add_argument(
