@@ -76,6 +76,20 @@ __all__ = [
 MAX_LIMIT = 10_000
 _WRITE_OPTION = "qcstation_write"
 _REF_RE = re.compile(r"[0-9a-f]{64}")
+
+# The statements of every commit, built once: building a statement and its cache key per commit cost more
+# CPU than executing it (SQLAlchemy compiles each shape once either way).
+_h = db.chain_head
+_HEAD_FOR_UPDATE = sa.select(_h.c.seq, _h.c.hash).where(_h.c.station == sa.bindparam("st")).with_for_update()
+_HEAD_MOVE = (
+    sa.update(_h)
+    .where(_h.c.station == sa.bindparam("st"), _h.c.seq == sa.bindparam("old_seq"))
+    .values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
+)
+_IDS_STORED = sa.select(db.inspections.c.id).where(
+    db.inspections.c.id.in_(sa.bindparam("ids", expanding=True))
+)
+_INSERT = {t: t.insert() for t in (db.inspections, db.events, db.outbox)}
 # Kinds with their own method, which also keeps the batches/holds tables in step with the chained event.
 _DEDICATED_KINDS = {
     "batch_opened": "open_batch",
@@ -465,11 +479,9 @@ class _Chain:
     def __init__(self, conn: Connection, station: str) -> None:
         self.conn = conn
         self.station = station
-        h = db.chain_head
-        head = conn.execute(
-            sa.select(h.c.seq, h.c.hash).where(h.c.station == station).with_for_update()
-        ).first()
+        head = conn.execute(_HEAD_FOR_UPDATE, {"st": station}).first()
         if head is None:
+            h = db.chain_head
             conn.execute(h.insert().values(station=station, seq=0, hash=db.GENESIS_HASH))
             self.start_seq, self.seq, self.hash = 0, 0, db.GENESIS_HASH
         else:
@@ -484,7 +496,8 @@ class _Chain:
         """Insert the queued rows, one executemany per table (rows of one table keep their order)."""
         for table, rows in self.pending.items():
             if rows:
-                self.conn.execute(table.insert(), rows)
+                stmt = _INSERT.get(table)
+                self.conn.execute(stmt if stmt is not None else table.insert(), rows)
         self.pending.clear()
 
     def append(self, table: sa.Table, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -504,11 +517,9 @@ class _Chain:
         self.flush()
         if self.seq == self.start_seq:
             return
-        h = db.chain_head
         res = self.conn.execute(
-            sa.update(h)
-            .where(h.c.station == self.station, h.c.seq == self.start_seq)
-            .values(seq=self.seq, hash=self.hash)
+            _HEAD_MOVE,
+            {"st": self.station, "old_seq": self.start_seq, "new_seq": self.seq, "new_hash": self.hash},
         )
         if res.rowcount != 1:
             raise StoreError(
@@ -769,7 +780,7 @@ class Store:
         ids = [d.record_id for d in decisions]
         with self._write(f"commit {len(decisions)} inspection(s)") as conn:
             i = db.inspections
-            seen = set(conn.scalars(sa.select(i.c.id).where(i.c.id.in_(ids))))
+            seen = set(conn.scalars(_IDS_STORED, {"ids": ids}))
             if seen:
                 log.warning("skipping %d record(s) already stored: %s", len(seen), sorted(seen)[:5])
             chain = _Chain(conn, self._station)
