@@ -20,6 +20,7 @@ from qcstation.training.defectnet import (
     DefectTrainConfig,
     Pool,
     StationModel,
+    load_snapshot,
     predict_pool,
     synthetic_validation,
     train_defect_net,
@@ -133,6 +134,39 @@ def test_two_members_train_in_parallel_and_export_as_one_graph(tmp_path: Path) -
     assert export_onnx(model, card, tmp_path / "tiny.onnx").max_abs_diff < 1e-4
     det = Detector.from_path(tmp_path / "tiny.onnx")
     assert det.inspect(val.images[0]).image_score == pytest.approx(float(heads[0, 1]), abs=1e-4)
+
+
+def test_snapshots_keep_the_best_epochs_and_average_them(tmp_path: Path) -> None:
+    train, val = tiny_pool(16, 32, 0), tiny_pool(8, 32, 1)
+    config = DefectTrainConfig(
+        classes=("good", "defect"),
+        width=8,
+        depth=2,
+        size=32,
+        batch_size=4,
+        max_epochs=5,
+        snapshots=3,
+        num_threads=1,
+    )
+    out = tmp_path / "ckpt"
+    fit = train_defect_net(train, val, config, out)
+    # the three best epochs by validation AUROC (ties: the earlier epoch), and only they, are on disk
+    ranked = sorted(fit.history, key=lambda r: (-r["val_auroc"], r["epoch"]))
+    expected = sorted(int(r["epoch"]) for r in ranked[:3])
+    assert fit.snapshot_epochs == expected
+    assert sorted(p.name for p in out.glob("snapshot_e*.pt")) == [f"snapshot_e{e:04d}.pt" for e in expected]
+    assert fit.best_epoch in expected
+    # one score line per epoch, one score per validation image
+    lines = (out / "val_scores.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in lines] == list(range(1, 6))
+    assert all(len(line.split(",")) == 1 + len(val.images) for line in lines)
+    # the kept network is the mean of the snapshots' probabilities
+    assert isinstance(fit.net, DefectEnsemble) and len(fit.net.members) == 3
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        _, img = StationModel(fit.net, tta=False).eval()(x)
+        singles = [StationModel(load_snapshot(out, e, config), tta=False).eval()(x)[1] for e in expected]
+    torch.testing.assert_close(img, sum(singles) / 3, atol=1e-5, rtol=1e-5)
 
 
 def test_hard_good_sampling_draws_the_good_images_the_network_scores_as_defective() -> None:

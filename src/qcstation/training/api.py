@@ -319,6 +319,7 @@ def train_main(
                 + (f", mean of {config.members} members)" if config.members > 1 else ")"),
                 "epochs_run": fit.epochs_run,
                 "best_epoch": fit.best_epoch,
+                "snapshot_epochs": [m.snapshot_epochs for m in fit.members] or fit.snapshot_epochs,
                 "stopped_by": fit.stopped_by,
                 "seconds": round(fit.seconds, 1),
             },

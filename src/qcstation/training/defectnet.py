@@ -445,6 +445,8 @@ class DefectTrainConfig:
             only (every defective draw synthetic), before the real defects join.
         members: networks trained (in parallel processes, each seeded ``seed + k``, each with its share
             of the threads) and averaged into one :class:`DefectEnsemble`.
+        snapshots: checkpoints each member keeps: its ``snapshots`` best epochs by validation image AUROC,
+            averaged like members (1: the best epoch alone).
         seed: seed.
         num_threads: torch threads (None: all cores), shared among the members.
     """
@@ -471,6 +473,7 @@ class DefectTrainConfig:
     synthetic_pretrain: float = 0.0
     hard_good: float = 0.0
     members: int = 1
+    snapshots: int = 1
     seed: int = 0
     num_threads: int | None = None
 
@@ -507,6 +510,7 @@ class DefectFitResult:
     history: list[dict[str, float]]
     stopped_by: str
     members: list[DefectFitResult] = field(default_factory=list)
+    snapshot_epochs: list[int] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -622,6 +626,7 @@ def train_defect_net(
     epoch = 0
     lr_scale = 1.0
     first_epoch = 1
+    snaps: list[tuple[float, int]] = []  # (val AUROC, epoch) of the kept snapshots
     if state is not None:
         net.load_state_dict(state["net"])
         if ema is not None:
@@ -631,6 +636,9 @@ def train_defect_net(
         best_auc, best_epoch = float(state["best_auc"]), int(state["best_epoch"])
         if state["best"] is not None:
             torch.save(state["best"], best_path)
+        snaps = [
+            (r["val_auroc"], int(r["epoch"])) for r in history if _snap_path(out, int(r["epoch"])).is_file()
+        ]
         log.info("resuming at epoch %d (step %d, %.1f min spent)", first_epoch, step, state["elapsed"] / 60)
     for epoch in range(first_epoch, config.max_epochs + 1):
         t0 = time.perf_counter()
@@ -697,6 +705,9 @@ def train_defect_net(
             best_auc, best_epoch = auc, epoch
             torch.save({"config": config.to_dict(), "epoch": epoch, "model": kept.state_dict()}, best_path)
         _append(out / "log.csv", row)
+        _append_scores(out / "val_scores.csv", epoch, score)
+        if config.snapshots > 1:
+            snaps = _keep_snapshot(out, snaps, auc, epoch, kept, config)
         log.info(
             "epoch %d  loss %.4f  val image AUROC %.4f  recall@2%% %.3f  %.0fs (total %.1f min)%s",
             epoch,
@@ -716,9 +727,53 @@ def train_defect_net(
     best = _new_net(config)
     best.load_state_dict(torch.load(best_path, weights_only=True)["model"])
     best.eval()
+    kept_net: DefectNet | DefectEnsemble = best
+    snapshot_epochs = [best_epoch]
+    if config.snapshots > 1 and len(snaps) > 1:
+        snapshot_epochs = sorted(e for _, e in snaps)
+        kept_net = DefectEnsemble([load_snapshot(out, e, config) for e in snapshot_epochs]).eval()
+        log.info("kept %d snapshots: epochs %s", len(snapshot_epochs), snapshot_epochs)
     return DefectFitResult(
-        best, best_epoch, best_auc, epoch, time.perf_counter() - t_start, history, stopped_by
+        kept_net,
+        best_epoch,
+        best_auc,
+        epoch,
+        time.perf_counter() - t_start,
+        history,
+        stopped_by,
+        snapshot_epochs=snapshot_epochs,
     )
+
+
+def _snap_path(out: Path, epoch: int) -> Path:
+    return out / f"snapshot_e{epoch:04d}.pt"
+
+
+def _keep_snapshot(
+    out: Path,
+    snaps: list[tuple[float, int]],
+    auc: float,
+    epoch: int,
+    net: nn.Module,
+    config: DefectTrainConfig,
+) -> list[tuple[float, int]]:
+    """Keep the ``config.snapshots`` best epochs' weights on disk; return the updated (AUROC, epoch) list."""
+    ranked = sorted([*snaps, (auc, epoch)], key=lambda t: (-t[0], t[1]))
+    keep, drop = ranked[: config.snapshots], ranked[config.snapshots :]
+    if (auc, epoch) in keep:
+        torch.save(
+            {"config": config.to_dict(), "epoch": epoch, "model": net.state_dict()}, _snap_path(out, epoch)
+        )
+    for _, e in drop:
+        _snap_path(out, e).unlink(missing_ok=True)
+    return keep
+
+
+def load_snapshot(out: str | Path, epoch: int, config: DefectTrainConfig) -> DefectNet:
+    """One kept snapshot of a member's folder, in eval mode."""
+    net = _new_net(config)
+    net.load_state_dict(torch.load(_snap_path(Path(out), epoch), weights_only=True)["model"])
+    return net.eval()
 
 
 _ARCHITECTURE = ("classes", "width", "depth", "size", "pool_topk")
@@ -835,7 +890,9 @@ def _train_ensemble(
         with (member_dir / "result.pkl").open("rb") as fr:
             fits.append(pickle.load(fr))  # our own child process wrote it
         (member_dir / "job.pkl").unlink(missing_ok=True)
-    ensemble = DefectEnsemble([f.net for f in fits if isinstance(f.net, DefectNet)]).eval()
+    # a member that kept several snapshots contributes each of them, so every network weighs the same
+    nets = [n for f in fits for n in (f.net.members if isinstance(f.net, DefectEnsemble) else [f.net])]
+    ensemble = DefectEnsemble([n for n in nets if isinstance(n, DefectNet)]).eval()
     val_y = val.labels()
     heads, _ = predict_pool(StationModel(ensemble, tta=False), val)
     auc = auroc(heads[:, 1:].max(axis=1), val_y)
@@ -865,6 +922,12 @@ def _member_main(job: str) -> None:
     fit = train_defect_net(train, val, config, out, resume=resume)
     with (Path(out) / "result.pkl").open("wb") as f:
         pickle.dump(fit, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _append_scores(path: Path, epoch: int, scores: np.ndarray) -> None:
+    """One line per epoch: the epoch, then each validation image's score (no flips), for later analysis."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write(f"{epoch}," + ",".join(f"{v:.6g}" for v in scores) + "\n")
 
 
 def _append(path: Path, row: dict[str, float]) -> None:
