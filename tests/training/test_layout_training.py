@@ -186,6 +186,46 @@ def test_an_ensembles_checkpoints_export_as_the_average_of_its_members(tmp_path:
     assert [_station_verdict(det, f) for f in frames] == torch_verdicts
 
 
+def test_members_trained_with_snapshots_export_every_kept_snapshot(tmp_path: Path) -> None:
+    from qcstation.training.defectnet import DefectEnsemble, DefectNet, StationModel
+
+    # given an ensemble run whose members kept two snapshots each (their best.pt is one of them)
+    ckpts = tmp_path / "run" / "checkpoints"
+    nets: list[Any] = []
+    for k in range(2):
+        _member(ckpts, k, snapshots=2)
+        for e in (3, 5):
+            torch.manual_seed(10 * k + e)
+            net = DefectNet(1, 2, width=8, depth=3).eval()
+            cfg = {
+                "classes": ["good", "defect"],
+                "width": 8,
+                "depth": 3,
+                "size": SIZE,
+                "tta": True,
+                "snapshots": 2,
+            }
+            torch.save(
+                {"config": cfg, "epoch": e, "model": net.state_dict()},
+                ckpts / f"member{k}" / f"snapshot_e{e:04d}.pt",
+            )
+            nets.append(net)
+
+    # when it is exported
+    model = load_checkpoint_model(ckpts)
+
+    # then the model is the mean of the four snapshots, each named in the provenance
+    assert [m.path for m in model.members] == [
+        ckpts / f"member{k}" / f"snapshot_e{e:04d}.pt" for k in range(2) for e in (3, 5)
+    ]
+    x = torch.randn(2, 1, SIZE, SIZE)
+    with torch.no_grad():
+        got, got_image = model.net(x)
+        want, want_image = StationModel(DefectEnsemble(nets), tta=True).eval()(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_image, want_image, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("present", "missing"),
     [((0,), "member1"), ((0, 2), "member1"), ((1,), "member0")],

@@ -258,7 +258,8 @@ class CheckpointModel:
         training: the training arguments stored in the checkpoint (an ensemble: its first member's, with
             ``members``).
         path: the ``.pt`` file read, or an ensemble's checkpoints folder.
-        members: an ensemble's members, one per ``member<k>/best.pt`` (empty for a single network).
+        members: an ensemble's networks, one per ``member<k>/best.pt`` or, for members trained with
+            ``snapshots``, one per kept snapshot (empty for a single network).
     """
 
     net: nn.Module
@@ -378,8 +379,10 @@ def load_ensemble_model(folder: str | Path) -> CheckpointModel:
     """Rebuild an ensemble run's :class:`~qcstation.training.defectnet.DefectEnsemble`, wrapped as trained.
 
     The members are the folder's ``member0/best.pt``, ``member1/best.pt``, ... (at least two, none missing
-    in between), DefectNet checkpoints of one class list, input and architecture; the ensemble is wrapped
-    in ``StationModel(ensemble, tta=config.tta)``, as ``train_main`` exports it.
+    in between), DefectNet checkpoints of one class list, input and architecture; a member trained with
+    ``snapshots`` > 1 contributes its kept ``snapshot_e<epoch>.pt`` networks instead of its ``best.pt``
+    alone. The networks are wrapped in ``StationModel(DefectEnsemble(nets), tta=config.tta)``, as
+    ``train_main`` exports them.
 
     Args:
         folder: the run's checkpoints folder (the one holding the ``member<k>`` folders).
@@ -431,12 +434,21 @@ def load_ensemble_model(folder: str | Path) -> CheckpointModel:
                 + "; the members of an ensemble must share classes, input size and architecture"
             )
     nets: list[DefectNet] = []
-    for m in models:
-        assert isinstance(m.net, StationModel) and isinstance(m.net.net, DefectNet)
-        nets.append(m.net.net)
+    used: list[CheckpointModel] = []
+    for f, m in zip(files, models, strict=True):
+        # a member trained with ``snapshots`` > 1 contributes its kept snapshots, as train_main exported it
+        snaps = sorted(f.parent.glob("snapshot_e*.pt")) if int(m.training.get("snapshots", 1)) > 1 else []
+        for sm in [load_checkpoint_model(s) for s in snaps] or [m]:
+            assert isinstance(sm.net, StationModel) and isinstance(sm.net.net, DefectNet)
+            if spec(sm) != ref:
+                raise CheckpointError(f"{sm.path} does not match {files[0]}: another architecture or input")
+            nets.append(sm.net.net)
+            used.append(sm)
     first = models[0]
     station = StationModel(DefectEnsemble(nets), tta=ref["tta"]).eval()
-    log.info("ensemble of %d members: %s", len(files), ", ".join(str(f) for f in files))
+    log.info(
+        "ensemble of %d members (%d networks): %s", len(files), len(nets), ", ".join(str(f) for f in files)
+    )
     return CheckpointModel(
         station,
         first.classes,
@@ -447,7 +459,7 @@ def load_ensemble_model(folder: str | Path) -> CheckpointModel:
         max(m.epoch for m in models),
         {**first.training, "members": len(models)},
         root,
-        tuple(models),
+        tuple(used),
     )
 
 
