@@ -724,10 +724,7 @@ def train_defect_net(
         if time.perf_counter() - t_start + epoch_seconds > budget:
             stopped_by = "time_budget"
             break
-    best = _new_net(config)
-    best.load_state_dict(torch.load(best_path, weights_only=True)["model"])
-    best.eval()
-    kept_net: DefectNet | DefectEnsemble = best
+    kept_net: DefectNet | DefectEnsemble = _load_net(best_path, config)
     snapshot_epochs = [best_epoch]
     if config.snapshots > 1 and len(snaps) > 1:
         snapshot_epochs = sorted(e for _, e in snaps)
@@ -771,8 +768,12 @@ def _keep_snapshot(
 
 def load_snapshot(out: str | Path, epoch: int, config: DefectTrainConfig) -> DefectNet:
     """One kept snapshot of a member's folder, in eval mode."""
+    return _load_net(_snap_path(Path(out), epoch), config)
+
+
+def _load_net(path: Path, config: DefectTrainConfig) -> DefectNet:
     net = _new_net(config)
-    net.load_state_dict(torch.load(_snap_path(Path(out), epoch), weights_only=True)["model"])
+    net.load_state_dict(torch.load(path, weights_only=True)["model"])
     return net.eval()
 
 

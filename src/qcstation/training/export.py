@@ -373,6 +373,8 @@ def load_checkpoint_model(path: str | Path) -> CheckpointModel:
 
 
 _MEMBER = re.compile(r"member(\d+)")
+SNAPSHOT_GLOB = "snapshot_e*.pt"
+"""A member's kept snapshots (``DefectTrainConfig.snapshots``), ``snapshot_e<epoch>.pt``."""
 
 
 def load_ensemble_model(folder: str | Path) -> CheckpointModel:
@@ -408,6 +410,11 @@ def load_ensemble_model(folder: str | Path) -> CheckpointModel:
                 f"member<k>/best.pt in {root}; an interrupted run goes on with `qcstation train --resume`)"
             )
     models = [load_checkpoint_model(f) for f in files]
+    # a member trained with ``snapshots`` > 1 contributes its kept snapshots, as train_main exported it
+    used: list[tuple[Path, CheckpointModel]] = []
+    for f, m in zip(files, models, strict=True):
+        snaps = sorted(f.parent.glob(SNAPSHOT_GLOB)) if int(m.training.get("snapshots", 1)) > 1 else []
+        used += [(s, load_checkpoint_model(s)) for s in snaps] or [(f, m)]
 
     def spec(m: CheckpointModel) -> dict[str, Any]:
         arch = _kwargs_for(DefectNet.__init__, m.training, ("self", "in_channels", "num_classes"))
@@ -420,7 +427,7 @@ def load_ensemble_model(folder: str | Path) -> CheckpointModel:
         }
 
     ref = spec(models[0])
-    for f, m in zip(files, models, strict=True):
+    for f, m in used:
         if m.kind != "defectnet":
             raise CheckpointError(
                 f"{f}: an ensemble member must be a DefectNet checkpoint, not an {m.kind} one"
@@ -434,16 +441,9 @@ def load_ensemble_model(folder: str | Path) -> CheckpointModel:
                 + "; the members of an ensemble must share classes, input size and architecture"
             )
     nets: list[DefectNet] = []
-    used: list[CheckpointModel] = []
-    for f, m in zip(files, models, strict=True):
-        # a member trained with ``snapshots`` > 1 contributes its kept snapshots, as train_main exported it
-        snaps = sorted(f.parent.glob("snapshot_e*.pt")) if int(m.training.get("snapshots", 1)) > 1 else []
-        for sm in [load_checkpoint_model(s) for s in snaps] or [m]:
-            assert isinstance(sm.net, StationModel) and isinstance(sm.net.net, DefectNet)
-            if spec(sm) != ref:
-                raise CheckpointError(f"{sm.path} does not match {files[0]}: another architecture or input")
-            nets.append(sm.net.net)
-            used.append(sm)
+    for _, m in used:
+        assert isinstance(m.net, StationModel) and isinstance(m.net.net, DefectNet)
+        nets.append(m.net.net)
     first = models[0]
     station = StationModel(DefectEnsemble(nets), tta=ref["tta"]).eval()
     log.info(
@@ -459,7 +459,7 @@ def load_ensemble_model(folder: str | Path) -> CheckpointModel:
         max(m.epoch for m in models),
         {**first.training, "members": len(models)},
         root,
-        tuple(used),
+        tuple(m for _, m in used),
     )
 
 
