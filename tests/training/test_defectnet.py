@@ -11,7 +11,7 @@ import torch
 
 from qcstation.inspect.card import InputSpec, ModelCard, OutputSpec
 from qcstation.inspect.detector import Detector
-from qcstation.training.anomaly import smooth_noise_mask, synthesize_anomaly
+from qcstation.training.anomaly import paste_defect, smooth_noise_mask, synthesize_anomaly
 from qcstation.training.data import MaskFoldersReader
 from qcstation.training.defectnet import (
     BatchMaker,
@@ -201,6 +201,67 @@ def test_synthetic_anomaly_mask_is_exactly_what_was_drawn() -> None:
         assert out.shape == base.shape and mask.shape == base.shape and mask.dtype == bool
         assert mask.any()
         np.testing.assert_array_equal(out != base, mask)
+
+
+def test_pasted_defect_keeps_its_contrast_place_and_class_on_another_good_image() -> None:
+    rng = np.random.default_rng(4)
+    good = np.clip(rng.normal(180, 4, (64, 64)), 0, 255).astype(np.uint8)  # a bright tile
+    donor = np.clip(rng.normal(100, 4, (64, 64)), 0, 255).astype(np.uint8)  # a darker one ...
+    donor[20:30, 40:50] = 40  # ... with a hole 60 gray levels darker than its surroundings
+    donor_mask = np.zeros((64, 64), np.uint8)
+    donor_mask[20:30, 40:50] = 3  # class 3
+    out, mask = paste_defect(good, donor, donor_mask, rng)
+    np.testing.assert_array_equal(mask, donor_mask)  # same place, same class
+    hole, around = out[20:30, 40:50].astype(float), out[5:15, 5:15].astype(float)
+    assert around.mean() == pytest.approx(180, abs=3)  # far from the defect: the good image untouched
+    np.testing.assert_array_equal(out[:10], good[:10])
+    assert around.mean() - hole.mean() == pytest.approx(60, abs=4)  # the hole keeps its contrast
+    # the rim is blended: no pixel just outside the region jumps to the donor's gray level
+    rim = out[18:32, 38:52].astype(float).copy()
+    rim[2:12, 2:12] = np.nan
+    assert np.nanmin(rim) > 140
+    # a donor without a defect pastes nothing; shapes must agree
+    same, empty = paste_defect(good, donor, np.zeros_like(donor_mask), rng)
+    np.testing.assert_array_equal(same, good)
+    assert not empty.any()
+    with pytest.raises(ValueError, match="one shape"):
+        paste_defect(good, donor[:32], donor_mask, rng)
+
+
+def test_paste_share_puts_real_defects_on_good_images() -> None:
+    # good tiles bright (220), defective tiles dark (60) with a hole 50 gray levels darker still
+    rng = np.random.default_rng(3)
+    images, masks = [], []
+    for k in range(20):
+        img = np.clip(rng.normal(220 if k % 2 == 0 else 60, 3, (24, 24)), 0, 255).astype(np.uint8)
+        mask = np.zeros((24, 24), np.uint8)
+        if k % 2:
+            img[8:14, 9:15] -= 50
+            mask[8:14, 9:15] = 1
+        images.append(img)
+        masks.append(mask)
+    pool = Pool(images, masks, [f"img{k}" for k in range(20)])
+
+    def backgrounds(paste_share: float) -> list[float]:
+        maker = BatchMaker(
+            pool,
+            200,
+            defect_share=1.0,
+            synthetic_share=0.0,
+            paste_share=paste_share,
+            preset="light",
+            seed=1,
+        )
+        x, m = maker()
+        x = x.numpy()[:, 0] * 0.25 + 0.5  # undo the normalisation: 0..1
+        assert all(int(mm.sum()) > 0 for mm in m)  # every draw is a defect with its label
+        for img, mm in zip(x, m.numpy().astype(bool), strict=True):  # the labelled pixels are the darker
+            assert img[mm].mean() < img[~mm].mean() - 0.05
+        return [float(np.median(img[~mm])) for img, mm in zip(x, m.numpy().astype(bool), strict=True)]
+
+    bright = [b > 0.58 for b in backgrounds(0.5)]  # 220 / 255 = 0.86, 60 / 255 = 0.24 (± lighting)
+    assert 0.3 < np.mean(bright) < 0.7  # about half the real defects now sit on a good tile
+    assert not any(b > 0.58 for b in backgrounds(0.0))  # without paste_share, none
 
 
 def test_noise_mask_is_irregular_and_bounded() -> None:

@@ -112,3 +112,51 @@ def synthesize_anomaly(
     out_u8 = np.clip(out, 0, 255).astype(np.uint8)
     changed = out_u8 != image
     return out_u8, mask & changed
+
+
+def paste_defect(
+    image: np.ndarray, donor: np.ndarray, donor_mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Copy a real labelled defect from a donor image onto a good image, at the same place.
+
+    The labelled pixels are taken whole; a thin rim around them is blended (feathered alpha) so the seam is
+    no sharper than the donor's own, and the donor is shifted by the difference of the two images' mean
+    brightness on a ring around the defect, so the defect keeps its contrast to its surroundings rather
+    than its absolute gray level. The place is kept (both images are at the training size), so a defect
+    that belongs to the tile's edge (a break) stays at an edge.
+
+    Args:
+        image: H x W uint8 good image.
+        donor: H x W uint8 image with a defect.
+        donor_mask: H x W uint8 class-index mask of ``donor`` (0 = good).
+        rng: random generator (the rim's width).
+
+    Returns:
+        (the good image with the donor's defect, H x W uint8 class-index mask of the pasted defect).
+
+    Raises:
+        ValueError: the three arrays differ in shape.
+    """
+    if image.shape != donor.shape or donor.shape != donor_mask.shape:
+        raise ValueError(
+            f"paste_defect needs images and mask of one shape, got {image.shape}, {donor.shape}, "
+            f"{donor_mask.shape}"
+        )
+    region = donor_mask > 0
+    if not region.any():
+        return image.copy(), np.zeros_like(donor_mask)
+    side = min(image.shape)
+    rim = int(rng.integers(max(1, side // 128), max(2, side // 40) + 1))
+    k = 2 * rim + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    grown = cv2.dilate(region.astype(np.uint8), kernel)
+    alpha = cv2.GaussianBlur(grown.astype(np.float32), (k, k), 0)
+    alpha[region] = 1.0
+    ring = cv2.dilate(grown, kernel, iterations=2).astype(bool) & ~region
+    if not ring.any():  # the defect covers (nearly) the whole frame
+        ring = np.ones_like(region)
+    src, dst = donor.astype(np.float32), image.astype(np.float32)
+    shifted = src + (float(dst[ring].mean()) - float(src[ring].mean()))
+    out = alpha * shifted + (1.0 - alpha) * dst
+    mask = np.where(region, donor_mask, 0).astype(np.uint8)
+    return np.clip(out, 0, 255).astype(np.uint8), mask

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qcstation.inspect.metrics import auroc, recall_at_frr
-from qcstation.training.anomaly import synthesize_anomaly
+from qcstation.training.anomaly import paste_defect, synthesize_anomaly
 from qcstation.training.augment import load_augmentation
 from qcstation.training.data import _albumentations, normalise
 from qcstation.training.errors import CheckpointError, TrainingError
@@ -308,6 +308,9 @@ class BatchMaker:
         hard_good: share of the good draws picked in proportion to how defective the network last
             scored that image (:meth:`score_good`), the rest uniformly: the good parts the network
             confuses with defects are the false rejects that set a low false-reject operating point.
+        paste_share: share of the real defective draws whose defect is pasted onto a random good image
+            (:func:`~qcstation.training.anomaly.paste_defect`): the same real defects on other tiles, so a
+            few dozen defective parts are seen on many backgrounds.
         preset: augmentation preset (light, default, heavy) or a YAML file (training.augment).
         rotate90: random 90° turns in the augmentation.
         seed: random seed.
@@ -324,6 +327,7 @@ class BatchMaker:
         synthetic: bool = False,
         synthetic_share: float = 0.0,
         hard_good: float = 0.0,
+        paste_share: float = 0.0,
         preset: str = "default",
         rotate90: bool = True,
         seed: int = 0,
@@ -336,6 +340,7 @@ class BatchMaker:
         self.synthetic = synthetic
         self.synthetic_share = synthetic_share
         self.hard_good = hard_good
+        self.paste_share = paste_share
         self.rng = np.random.default_rng(seed)
         self.aug = load_augmentation(preset, rotate90=rotate90)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -388,6 +393,10 @@ class BatchMaker:
             elif want_bad:
                 i = int(self.rng.choice(self.bad))
                 img, mask = self.aug(self.pool.images[i], self.pool.masks[i])
+                if self.rng.random() < self.paste_share:
+                    g = int(self.rng.choice(self.good))
+                    base, _ = self.aug(self.pool.images[g], self.pool.masks[g])
+                    img, mask = paste_defect(base, img, mask, self.rng)
             else:
                 k = self._pick_good()
                 self.drawn_good.append((pos, k))
@@ -441,6 +450,8 @@ class DefectTrainConfig:
         ema_decay: per-step decay of an exponential moving average of the weights (0: off); when on, the
             averaged weights are what is validated, kept and exported.
         hard_good: :class:`BatchMaker` ``hard_good`` (supervised mode; 0: good images drawn uniformly).
+        paste_share: :class:`BatchMaker` ``paste_share`` (supervised mode; 0: real defects only on their
+            own images).
         synthetic_pretrain: supervised mode: share of the time budget spent first on synthetic anomalies
             only (every defective draw synthetic), before the real defects join.
         members: networks trained (in parallel processes, each seeded ``seed + k``, each with its share
@@ -472,6 +483,7 @@ class DefectTrainConfig:
     ema_decay: float = 0.0
     synthetic_pretrain: float = 0.0
     hard_good: float = 0.0
+    paste_share: float = 0.0
     members: int = 1
     snapshots: int = 1
     seed: int = 0
@@ -589,6 +601,7 @@ def train_defect_net(
         synthetic=config.synthetic,
         synthetic_share=synthetic_share,
         hard_good=0.0 if config.synthetic else config.hard_good,
+        paste_share=0.0 if config.synthetic else config.paste_share,
         preset=config.preset,
         rotate90=config.rotate90,
         seed=config.seed,
