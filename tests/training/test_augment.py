@@ -79,3 +79,48 @@ def test_bad_yaml_files_are_refused_with_a_reason(tmp_path: Path, text: str, mat
 def test_a_name_that_is_neither_preset_nor_file(tmp_path: Path) -> None:
     with pytest.raises(AugmentationError, match="neither a preset"):
         load_augmentation(str(tmp_path / "missing.yaml"))
+
+
+def test_a_seeded_augmentation_repeats_itself_whatever_the_global_random_state(tmp_path: Path) -> None:
+    from qcstation.training.data import train_transform
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (32, 32), dtype=np.uint8) for _ in range(12)]
+    mask = np.zeros((32, 32), np.uint8)
+    f = tmp_path / "aug.yaml"
+    f.write_text("preset: heavy\nstrength: 1.2\n", encoding="utf-8")
+
+    def outputs(make, global_seed: int) -> list[np.ndarray]:
+        np.random.seed(global_seed)  # albumentations must not depend on it
+        aug = make()
+        return [aug(img, mask)[0] for img in images]
+
+    for make in (
+        lambda: load_augmentation("default", seed=7),
+        lambda: load_augmentation(f, seed=7),
+        lambda: train_transform(16, seed=7),
+    ):
+        first, again = outputs(make, 1), outputs(make, 2)
+        assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    # another seed, another stream
+    a = outputs(lambda: load_augmentation("default", seed=7), 1)
+    b = outputs(lambda: load_augmentation("default", seed=8), 1)
+    assert not all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_defectnet_batches_repeat_for_a_seed() -> None:
+    from qcstation.training.defectnet import BatchMaker, Pool
+
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (24, 24), dtype=np.uint8) for _ in range(8)]
+    masks = [np.zeros((24, 24), np.uint8) for _ in range(8)]
+    for m in masks[1::2]:
+        m[5:9, 5:9] = 1
+    pool = Pool(images, masks)
+
+    def batch(seed: int, global_seed: int) -> np.ndarray:
+        np.random.seed(global_seed)
+        return BatchMaker(pool, 16, paste_share=0.5, seed=seed)()[0].numpy()
+
+    np.testing.assert_array_equal(batch(3, 1), batch(3, 2))
+    assert not np.array_equal(batch(3, 1), batch(4, 1))

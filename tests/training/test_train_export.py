@@ -44,7 +44,7 @@ def _fit(
         max_steps_per_epoch=3,
     )
     net = build_model(config.arch, 1, len(ds.classes), **config.arch_kwargs)
-    result = fit(net, Subset(ds, train, train_transform()), Subset(ds, val), config, out, resume=resume)
+    result = fit(net, Subset(ds, train, train_transform(seed=0)), Subset(ds, val), config, out, resume=resume)
     return result, config
 
 

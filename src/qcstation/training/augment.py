@@ -84,12 +84,13 @@ def load_config(path: str | Path) -> AugmentConfig:
     return cfg
 
 
-def load_augmentation(spec: str | Path, *, rotate90: bool = True) -> Augment:
+def load_augmentation(spec: str | Path, *, rotate90: bool = True, seed: int | None = None) -> Augment:
     """The image + mask augmentation for a preset name or a YAML file.
 
     Args:
         spec: ``light``, ``default``, ``heavy``, or the path of a YAML file (see the module docstring).
         rotate90: the trainer's choice of 90° turns; a YAML ``rotate90`` overrides it.
+        seed: seed of the pipeline's random generators (None: unseeded).
 
     Raises:
         AugmentationError: the spec is unusable.
@@ -97,12 +98,14 @@ def load_augmentation(spec: str | Path, *, rotate90: bool = True) -> Augment:
     from qcstation.training.defectnet import augmentation
 
     if isinstance(spec, str) and is_preset(spec):
-        return augmentation(spec, rotate90=rotate90)
+        return augmentation(spec, rotate90=rotate90, seed=seed)
     cfg = load_config(spec)
     if cfg.pipeline is None:
         turn = rotate90 if cfg.rotate90 is None else cfg.rotate90
-        return augmentation(cfg.preset, rotate90=turn, strength=cfg.strength)
+        return augmentation(cfg.preset, rotate90=turn, strength=cfg.strength, seed=seed)
     pipeline = _compose(cfg.pipeline, Path(spec))
+    if seed is not None:
+        pipeline.set_random_seed(seed)
 
     def apply(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = pipeline(image=image, mask=mask)

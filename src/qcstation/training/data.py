@@ -445,7 +445,9 @@ def _albumentations() -> Any:
     return A
 
 
-def train_transform(crop: int | None = None, *, defect_crop_p: float = 0.7) -> Transform:
+def train_transform(
+    crop: int | None = None, *, defect_crop_p: float = 0.7, seed: int | None = None
+) -> Transform:
     """The training augmentation preset (albumentations): flips, 90° turns, lighting, noise, optional crop.
 
     Args:
@@ -453,6 +455,8 @@ def train_transform(crop: int | None = None, *, defect_crop_p: float = 0.7) -> T
             are centred so that they contain defect pixels when the image has any; the network is fully
             convolutional, so training on crops and inferring on the whole input is fine and much cheaper.
         defect_crop_p: probability of a defect-containing crop.
+        seed: seed of the pipeline's own random generators (albumentations ignores the global seeds that
+            :func:`~qcstation.training.engine.seed_everything` sets); None: unseeded.
 
     Returns:
         A transform for :class:`SegmentationDataset`.
@@ -476,7 +480,7 @@ def train_transform(crop: int | None = None, *, defect_crop_p: float = 0.7) -> T
         A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.7),
         A.GaussNoise(std_range=(0.0, 0.03), p=0.3),
     ]
-    pipeline = A.Compose(ops)
+    pipeline = A.Compose(ops, seed=seed)
 
     def apply(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = pipeline(image=image, mask=mask)

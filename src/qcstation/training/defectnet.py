@@ -253,7 +253,7 @@ class Pool:
 
 
 def augmentation(
-    preset: str = "default", *, rotate90: bool = True, strength: float | None = None
+    preset: str = "default", *, rotate90: bool = True, strength: float | None = None, seed: int | None = None
 ) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """albumentations pipeline for image + mask: flips, 90° turns, small affine, lighting, gamma, noise.
 
@@ -264,6 +264,8 @@ def augmentation(
             nothing the camera can see.
         strength: scales the preset's ranges (a YAML override, :mod:`qcstation.training.augment`); None:
             the preset's own (light 0.5, default 1.0, heavy 1.5).
+        seed: seed of the pipeline's own random generators (albumentations ignores the global seeds), so a
+            training run with a fixed seed sees the same augmented images; None: unseeded.
     """
     A = _albumentations()
     base = {"light": 0.5, "default": 1.0, "heavy": 1.5}[preset]
@@ -287,7 +289,7 @@ def augmentation(
     ]
     if preset != "light":
         ops += [A.GaussianBlur(blur_limit=(3, 3), p=0.15), A.GaussNoise(std_range=(0.0, 0.03), p=0.25)]
-    pipeline = A.Compose(ops)
+    pipeline = A.Compose(ops, seed=seed)
 
     def apply(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = pipeline(image=image, mask=mask)
@@ -342,7 +344,7 @@ class BatchMaker:
         self.hard_good = hard_good
         self.paste_share = paste_share
         self.rng = np.random.default_rng(seed)
-        self.aug = load_augmentation(preset, rotate90=rotate90)
+        self.aug = load_augmentation(preset, rotate90=rotate90, seed=seed)
         self.mean, self.std = tuple(mean), tuple(std)
         labels = pool.labels()
         self.good = np.flatnonzero(labels == 0)

@@ -199,7 +199,9 @@ def train_dataset(
     )
     crop_side = crop if crop is not None else size // 2
     train_set = Subset(
-        ds, train_idx, train_transform(crop_side if crop_side < size else None, defect_crop_p=defect_crop_p)
+        ds,
+        train_idx,
+        train_transform(crop_side if crop_side < size else None, defect_crop_p=defect_crop_p, seed=seed),
     )
     val_set = Subset(ds, val_idx)
     result = fit(model, train_set, val_set, config, work / "checkpoints", resume=resume)
