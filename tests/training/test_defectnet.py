@@ -262,6 +262,13 @@ def test_paste_share_puts_real_defects_on_good_images() -> None:
     bright = [b > 0.58 for b in backgrounds(0.5)]  # 220 / 255 = 0.86, 60 / 255 = 0.24 (± lighting)
     assert 0.3 < np.mean(bright) < 0.7  # about half the real defects now sit on a good tile
     assert not any(b > 0.58 for b in backgrounds(0.0))  # without paste_share, none
+    # a defect on the frame's border (a piece of the outline missing) is never pasted
+    for m in pool.masks[1::2]:
+        m[:] = 0
+        m[0:4, 9:15] = 1
+    for img in pool.images[1::2]:
+        img[0:4, 9:15] = 10
+    assert not any(b > 0.58 for b in backgrounds(1.0))
 
 
 def test_noise_mask_is_irregular_and_bounded() -> None:

@@ -312,7 +312,9 @@ class BatchMaker:
             confuses with defects are the false rejects that set a low false-reject operating point.
         paste_share: share of the real defective draws whose defect is pasted onto a random good image
             (:func:`~qcstation.training.anomaly.paste_defect`): the same real defects on other tiles, so a
-            few dozen defective parts are seen on many backgrounds.
+            few dozen defective parts are seen on many backgrounds. A defect that touches the frame's border
+            is not pasted (drawn as it is): there it is part of the part's outline (magnetic tile's breaks),
+            and another part's outline runs elsewhere.
         preset: augmentation preset (light, default, heavy) or a YAML file (training.augment).
         rotate90: random 90° turns in the augmentation.
         seed: random seed.
@@ -395,7 +397,7 @@ class BatchMaker:
             elif want_bad:
                 i = int(self.rng.choice(self.bad))
                 img, mask = self.aug(self.pool.images[i], self.pool.masks[i])
-                if self.rng.random() < self.paste_share:
+                if self.rng.random() < self.paste_share and not touches_border(mask):
                     g = int(self.rng.choice(self.good))
                     base, _ = self.aug(self.pool.images[g], self.pool.masks[g])
                     img, mask = paste_defect(base, img, mask, self.rng)
@@ -407,6 +409,11 @@ class BatchMaker:
             xs.append(normalise(img, self.mean, self.std))
             ms.append(torch.from_numpy(np.ascontiguousarray(mask)).long())
         return torch.stack(xs), torch.stack(ms)
+
+
+def touches_border(mask: np.ndarray) -> bool:
+    """Whether any labelled pixel lies on the frame's outermost rows or columns."""
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
 
 
 def synthetic_validation(pool: Pool, seed: int) -> Pool:
