@@ -122,8 +122,9 @@ def paste_defect(
     The labelled pixels are taken whole; a thin rim around them is blended (feathered alpha) so the seam is
     no sharper than the donor's own, and the donor is shifted by the difference of the two images' mean
     brightness on a ring around the defect, so the defect keeps its contrast to its surroundings rather
-    than its absolute gray level. The place is kept (both images are at the training size), so a defect
-    that belongs to the tile's edge (a break) stays at an edge.
+    than its absolute gray level. The place is kept (both images are at the training size); a defect on the
+    frame's border belongs to the part's outline, and :class:`~qcstation.training.defectnet.BatchMaker`
+    does not paste those.
 
     Args:
         image: H x W uint8 good image.
