@@ -955,7 +955,12 @@ def train(
         str, typer.Option("--mode", help="supervised (defect labels) or good_only")
     ] = "supervised",
     layout: Annotated[str | None, typer.Option("--layout", help=LAYOUT_HELP)] = None,
-    time_budget: Annotated[float, typer.Option("--time-budget", min=0.1, help="minutes of training")] = 35.0,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--time-budget", min=0.1, help="minutes of training (default: 44 supervised, 35 good_only)"
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     evaluate_split: Annotated[

@@ -335,6 +335,8 @@ def test_train_main_on_a_tiny_mask_folders_dataset(tmp_path: Path) -> None:
         assert prov["metrics"]["test"]["images"] == 6 and "image_auroc" in prov["metrics"]["test"]
         assert det.card.output.image_scores == "image_probs" and det.card.good_scores["count"] >= 1
         assert det.card.classes == (("good", "defect") if mode == "supervised" else ("good", "anomaly"))
+        # the default budget is the mode's: the supervised recipe's 44 min, good-only's 35 min
+        assert prov["training"]["time_budget_min"] == (44.0 if mode == "supervised" else 35.0)
         summary = json.loads((tmp_path / mode / "summary.json").read_text())
         assert summary["model"] == result["model"] == str(out)
         image = MaskFoldersReader.open(root).load()[0].image
