@@ -347,6 +347,14 @@ def test_evaluate_reads_the_test_side_of_any_layout(tmp_path: Path) -> None:
     files = sorted(r["file"] for r in ev["rows"])
     assert files == ["images/test/part_0001.png", "images/test/part_0005.png", "images/test/part_0009.png"]
     assert ev["metrics"]["images"] == 3 and ev["metrics"]["defective_images"] == 2
+    # the one good image is listed with its part and drawn in the top-good grid the report shows
+    (good,) = [r for r in ev["rows"] if not r["defective"]]
+    (top,) = ev["metrics"]["top_good"]
+    assert top["file"] == good["file"] and top["group"] == good["group"] and top["group"]
+    assert ev["metrics"]["false_rejects"]["2%"]["set_by"]["file"] == top["file"]
+    report = ev["report"].read_text()
+    assert (tmp_path / "eval" / f"{ev['metrics']['model']}-top-good.png").is_file()
+    assert f"{ev['metrics']['model']}-top-good.png" in report and top["file"] in report
 
 
 def _best(ckpt: Path) -> Path:

@@ -81,3 +81,40 @@ def test_plots_are_written(tmp_path: Path) -> None:
     ):
         img = cv2.imread(str(p))
         assert img is not None and img.size > 0
+
+
+def test_false_rejects_name_the_parts_that_set_each_point() -> None:
+    # given 100 good images where one part, photographed three times, scores above every other good
+    # image and above half of the defects
+    from qcstation.training.evaluate import _false_rejects
+
+    rows = [
+        {"file": f"good/g{k}.png", "group": f"part{k}", "defective": 0, "score": k / 1000} for k in range(97)
+    ]
+    rows += [
+        {"file": f"good/a{k}.png", "group": "partA", "defective": 0, "score": 0.9 + k / 100} for k in range(3)
+    ]
+    rows += [
+        {"file": f"bad/d{k}.png", "group": f"d{k}", "defective": 1, "score": 0.8 + k / 20} for k in range(6)
+    ]
+    score = np.array([r["score"] for r in rows])
+    y = np.array([r["defective"] for r in rows])
+
+    # when the false-reject points are broken down by part
+    fr = _false_rejects(rows, score, y)
+
+    # then at 1 % the one rejected image is that part's, and the next photo of it sets the threshold;
+    # at 2 % two of its photos are rejected and its third sets the threshold: one part, not two images
+    assert fr["1%"] == {
+        "good_rejected": 1,
+        "parts_rejected": 1,
+        "set_by": {"file": "good/a1.png", "group": "partA"},
+    }
+    assert fr["2%"] == {
+        "good_rejected": 2,
+        "parts_rejected": 1,
+        "set_by": {"file": "good/a0.png", "group": "partA"},
+    }
+    # at 5 % all three photos and two other parts are rejected; the next good image sets the threshold
+    assert fr["5%"]["good_rejected"] == 5 and fr["5%"]["parts_rejected"] == 3
+    assert fr["5%"]["set_by"] == {"file": "good/g94.png", "group": "part94"}

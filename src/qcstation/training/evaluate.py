@@ -208,11 +208,12 @@ def evaluate_main(
             ih = images_hit.setdefault(cls, [0, 0])
             ih[1] += 1
             ih[0] += int(bool(insp.regions))
-            maps[s.sample.image.name] = dmap
+        maps[s.sample.image.name] = dmap
         rows.append(
             {
                 "file": str(s.sample.image.relative_to(reader.root)),
                 "class": cls,
+                "group": s.sample.group,
                 "defective": int(cls != "good"),
                 "score": insp.image_score,
                 "verdict": "FAIL" if insp.regions else "PASS",
@@ -258,6 +259,11 @@ def evaluate_main(
             }
             for c in sorted(images_hit)
         },
+        "false_rejects": _false_rejects(rows, score, y),
+        "top_good": [
+            {"file": r["file"], "group": r["group"], "score": round(r["score"], 6)}
+            for r in sorted((r for r in rows if not r["defective"]), key=lambda r: -r["score"])[:worst]
+        ],
         "pixel": pixel,
         "latency_ms_median": round(float(np.median(times)), 2),
         "model": det.card.name,
@@ -296,13 +302,18 @@ def evaluate_main(
         s = by_name[Path(r["file"]).name]
         tiles.append((s.image, s.mask > 0, maps[s.sample.image.name], f"{s.source_class} {r['score']:.3f}"))
     grid = overlay_grid(out / f"{tag}-worst-misses.png", tiles)
+    good_tiles = []
+    for r in metrics["top_good"]:
+        s = by_name[Path(r["file"]).name]
+        good_tiles.append((s.image, s.mask > 0, maps[s.sample.image.name], f"good {r['score']:.3f}"))
+    good_grid = overlay_grid(out / f"{tag}-top-good.png", good_tiles)
     with (out / "scores.csv").open("w", encoding="utf-8") as f:
         f.write("file,class,defective,score,verdict\n")
         for r in rows:
             f.write(f"{r['file']},{r['class']},{r['defective']},{r['score']:.6f},{r['verdict']}\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     report = out / "report.md"
-    report.write_text(_markdown(metrics, plots, grid, misses, out), encoding="utf-8")
+    report.write_text(_markdown(metrics, plots, grid, misses, out, good_grid), encoding="utf-8")
     log.info("evaluation of %s on %s/%s: %s", model, reader.root, split, json.dumps(metrics))
     return {
         "metrics": metrics,
@@ -316,8 +327,36 @@ def _r4(x: float) -> float | None:
     return None if x != x else round(float(x), 4)
 
 
+def _false_rejects(rows: list[dict[str, Any]], score: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Per false-reject point: the good images rejected, how many physical parts (groups) they are, and
+    the good image whose score sets the threshold (the highest-scored good image that passes).
+
+    Several photographs of one part count as several images in the rate, so one part the model gets
+    wrong can set a low false-reject point on its own; this says when it does.
+    """
+    from qcstation.inspect.metrics import recall_at_frr
+
+    good = sorted((r for r in rows if not r["defective"]), key=lambda r: -r["score"])
+    out: dict[str, Any] = {}
+    for f in FRR_POINTS:
+        _, thr = recall_at_frr(score, y, f)
+        rejected = [r for r in good if r["score"] >= thr]
+        passing = good[len(rejected)] if len(rejected) < len(good) else None
+        out[f"{int(f * 100)}%"] = {
+            "good_rejected": len(rejected),
+            "parts_rejected": len({r["group"] for r in rejected}),
+            "set_by": None if passing is None else {"file": passing["file"], "group": passing["group"]},
+        }
+    return out
+
+
 def _markdown(
-    m: dict[str, Any], plots: dict[str, Path], grid: Path, misses: list[dict[str, Any]], out: Path
+    m: dict[str, Any],
+    plots: dict[str, Path],
+    grid: Path,
+    misses: list[dict[str, Any]],
+    out: Path,
+    good_grid: Path,
 ) -> str:
     def rel(p: Path) -> str:
         try:
@@ -356,5 +395,19 @@ def _markdown(
         f"Worst misses (lowest-scored defective; green: true mask, red: defect map): ![misses]({rel(grid)})",
         "",
         *[f"- {r['file']}: {r['score']:.4f}" for r in misses],
+        "",
+        "Highest-scored good images (the false rejects at low rates; one physical part = one group): "
+        f"![good]({rel(good_grid)})",
+        "",
+        "| false-reject point | good images rejected | parts (groups) rejected | threshold set by |",
+        "|---|---|---|---|",
+        *[
+            f"| {k} | {v['good_rejected']} | {v['parts_rejected']} | "
+            + ("" if v["set_by"] is None else f"{v['set_by']['file']} (group {v['set_by']['group']})")
+            + " |"
+            for k, v in m["false_rejects"].items()
+        ],
+        "",
+        *[f"- {r['file']} (group {r['group']}): {r['score']:.4f}" for r in m["top_good"]],
     ]
     return "\n".join(lines) + "\n"
