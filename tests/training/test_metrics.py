@@ -118,3 +118,15 @@ def test_false_rejects_name_the_parts_that_set_each_point() -> None:
     # at 5 % all three photos and two other parts are rejected; the next good image sets the threshold
     assert fr["5%"]["good_rejected"] == 5 and fr["5%"]["parts_rejected"] == 3
     assert fr["5%"]["set_by"] == {"file": "good/g94.png", "group": "part94"}
+
+
+def test_report_keeps_defect_maps_small() -> None:
+    # a tile-mode map is a whole frame; the report's grids keep at most 256 px of it, shape kept
+    from qcstation.training.evaluate import _thumbnail
+
+    big = np.zeros((2048, 2448), np.uint8)
+    big[1000:1100, 1200:1300] = 255
+    small = _thumbnail(big)
+    assert small.shape == (214, 256) and small.max() == 255
+    model_sized = np.zeros((224, 224), np.uint8)
+    assert _thumbnail(model_sized) is model_sized
