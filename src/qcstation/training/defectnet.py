@@ -512,9 +512,9 @@ Chosen on magnetic tile's grouped validation split (docs/training-magnetic-tile.
 ``seed`` and ``seed + 1``) trained at once, one per core on the 2-core station PC, and averaged; half the
 real-defect draws pasted onto good tiles, except defects on the frame's border (``paste_share=0.5``: over
 two seeds, each paired with the previous default on one machine, validation AUROC 0.919 vs 0.899 and recall
-at 2 % false rejects 0.60 vs 0.48, runs 13-16); a 44 min budget, nearly all of the 45 min allowed, so a
-slower PC still reaches the members' best epochs (validation AUROC 0.958 vs 0.938 at 35 min, recall at 2 %
-equal, one seed paired on a ~20 s-per-epoch VM, runs 17-18). Tried there
+at 2 % false rejects 0.60 vs 0.48, runs 13-16); a 44 min budget, nearly all of the 45 min allowed, for
+slower PCs (validation AUROC 0.958 vs 0.938 at 35 min, recall at 2 % equal, one seed paired on a
+~20 s-per-epoch VM, runs 17-18; the members alone were no better, their average was). Tried there
 and left off: weight EMA (no better than the raw weights by the end of the cosine schedule), no 90° turns
 (better AUROC, but fewer defects caught at 2-5 % false rejects), top-k margin pooling, a synthetic-only
 warm-up, 8-fold dihedral TTA (below the 4 flips in every run), hard-negative mining of good images
