@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from qcstation.inspect.card import InputSpec, ModelCard, OutputSpec
 from qcstation.inspect.detector import Detector
@@ -20,6 +21,7 @@ from qcstation.training.defectnet import (
     DefectTrainConfig,
     Pool,
     StationModel,
+    box_mean,
     load_snapshot,
     predict_pool,
     synthetic_validation,
@@ -43,6 +45,19 @@ def tiny_pool(n: int, size: int, seed: int) -> Pool:
         images.append(img)
         masks.append(mask)
     return Pool(images, masks, [f"img{k}" for k in range(n)])
+
+@pytest.mark.parametrize(("shape", "k"), [((2, 1, 40, 56), 31), ((1, 2, 9, 7), 5), ((1, 1, 3, 3), 31)])
+def test_box_mean_equals_border_clipped_average_pooling(shape: tuple[int, ...], k: int) -> None:
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    pooled = F.avg_pool2d(x, (k, 1), stride=1, padding=(k // 2, 0), count_include_pad=False)
+    pooled = F.avg_pool2d(pooled, (1, k), stride=1, padding=(0, k // 2), count_include_pad=False)
+    assert torch.allclose(box_mean(x, k), pooled, atol=1e-5)
+
+
+def test_box_mean_refuses_an_even_window() -> None:
+    with pytest.raises(ValueError, match="odd"):
+        box_mean(torch.zeros(1, 1, 8, 8), 4)
+
 
 
 def test_gated_maps_peak_at_the_image_score() -> None:

@@ -41,6 +41,31 @@ from qcstation.training.nets import ConvBNReLU, UNetSmall
 log = logging.getLogger(__name__)
 
 
+def _window_sum(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """Sums of ``k`` neighbours along ``dim`` (2 or 3), centred, the outside counting as zero."""
+    n = x.shape[dim]
+    r = k // 2
+    pad = (0, 0, r + 1, r) if dim == 2 else (r + 1, r)
+    run = F.pad(x, pad).cumsum(dim)
+    return run.narrow(dim, k, n) - run.narrow(dim, 0, n)
+
+
+def box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over the ``k`` x ``k`` window around each pixel (odd ``k``), the window clipped to the frame.
+
+    The same values as two separable ``avg_pool2d`` with ``count_include_pad=False``, but from running sums:
+    constant work per pixel where pooling does ``k`` additions (on a 2-core CPU the pooled version of a
+    31-pixel window took about a quarter of a training step; ONNX exports it as CumSum and Slice).
+    """
+    if k % 2 != 1:
+        raise ValueError(f"box_mean needs an odd window, got {k}")
+    sums = _window_sum(_window_sum(x, k, 2), k, 3)
+    counts = _window_sum(torch.ones_like(x[:1, :1, :, :1]), k, 2) * _window_sum(
+        torch.ones_like(x[:1, :1, :1, :]), k, 3
+    )
+    return sums / counts
+
+
 class DefectNet(UNetSmall):
     """U-Net segmentation plus an image-level head; ``forward`` returns (N x C x H x W, N x C) logits.
 
@@ -86,10 +111,7 @@ class DefectNet(UNetSmall):
         """(segmentation logits N x C x H x W, image logits N x C)."""
         inp = x
         if self.local_contrast:
-            k = self.local_contrast
-            blur = F.avg_pool2d(x, (k, 1), stride=1, padding=(k // 2, 0), count_include_pad=False)
-            blur = F.avg_pool2d(blur, (1, k), stride=1, padding=(0, k // 2), count_include_pad=False)
-            inp = torch.cat([x, 4.0 * (x - blur)], dim=1)
+            inp = torch.cat([x, 4.0 * (x - box_mean(x, self.local_contrast))], dim=1)
         skips = [self.stem(inp)]
         for stage in self.down:
             skips.append(stage(skips[-1]))
