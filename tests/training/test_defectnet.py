@@ -46,6 +46,7 @@ def tiny_pool(n: int, size: int, seed: int) -> Pool:
         masks.append(mask)
     return Pool(images, masks, [f"img{k}" for k in range(n)])
 
+
 @pytest.mark.parametrize(("shape", "k"), [((2, 1, 40, 56), 31), ((1, 2, 9, 7), 5), ((1, 1, 3, 3), 31)])
 def test_box_mean_equals_border_clipped_average_pooling(shape: tuple[int, ...], k: int) -> None:
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 3 + 1
@@ -57,7 +58,6 @@ def test_box_mean_equals_border_clipped_average_pooling(shape: tuple[int, ...], 
 def test_box_mean_refuses_an_even_window() -> None:
     with pytest.raises(ValueError, match="odd"):
         box_mean(torch.zeros(1, 1, 8, 8), 4)
-
 
 
 def test_gated_maps_peak_at_the_image_score() -> None:
