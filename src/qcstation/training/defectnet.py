@@ -627,7 +627,9 @@ def train_defect_net(
     if len(val_y) == 0 or val_y.min() == val_y.max():
         raise TrainingError("validation needs good and defective images to measure the image AUROC")
     c = len(config.classes)
-    net = _new_net(config)
+    # channels-last convolutions: ~1.1x faster steps on the CPU (oneDNN's NHWC kernels, above all the
+    # 2-channel stem's weight gradient); the saved weights are the same numbers in any layout
+    net = _new_net(config).to(memory_format=torch.channels_last)
     ema = copy.deepcopy(net) if config.ema_decay > 0 else None
     kept = ema if ema is not None else net
     # the epoch monitor runs without flips (4x cheaper); the exported model and calibration use them
@@ -710,7 +712,7 @@ def train_defect_net(
             for g in opt.param_groups:
                 g["lr"] = config.lr * lr_scale
             x, m = maker()
-            seg, img = net.forward_both(x)
+            seg, img = net.forward_both(x.contiguous(memory_format=torch.channels_last))
             y_img = torch.from_numpy(
                 np.array(
                     [
