@@ -657,6 +657,7 @@ def train_defect_net(
         pixels[1:] = max(1.0, pixels[0] * 0.01)
     weights = np.clip(np.sqrt(pixels[0] / np.maximum(pixels, 1.0)), 1.0, 10.0)
     ce_w = torch.tensor(weights, dtype=torch.float32)
+    defect_ids = torch.arange(1, c).view(1, -1, 1, 1)  # the defect classes, to one-hot the masks
     log.info(
         "DefectNet w%d d%d at %dx%d: %d train / %d val images, %d steps/epoch, budget %.1f min, %d threads, "
         "pixel CE weights %s, seed %d",
@@ -721,9 +722,11 @@ def train_defect_net(
                     ]
                 )
             )
-            ce = F.cross_entropy(seg, m, weight=ce_w)
-            probs = seg.softmax(dim=1)[:, 1:]
-            onehot = F.one_hot(m, c).permute(0, 3, 1, 2)[:, 1:].float()
+            # one log-softmax serves the cross-entropy and the Dice term (a softmax less per step)
+            logp = seg.log_softmax(dim=1)
+            ce = F.nll_loss(logp, m, weight=ce_w)
+            probs = logp[:, 1:].exp()
+            onehot = (m.unsqueeze(1) == defect_ids).float()
             inter = (probs * onehot).sum((0, 2, 3))
             dice = 1 - ((2 * inter + 1) / (probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1)).mean()
             loss = ce + dice + config.image_loss_weight * F.cross_entropy(img, y_img)
