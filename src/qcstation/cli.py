@@ -52,6 +52,9 @@ BatchOpt = Annotated[str | None, typer.Option("--batch", "-b", help="batch id (d
 RateOpt = Annotated[float | None, typer.Option("--rate", help="replay rate in frames/s (folder)")]
 LoopOpt = Annotated[bool, typer.Option("--loop", help="replay the folder forever")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads")]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="frames in session.run at once (default: the setting)", min=1)
+]
 
 
 def _settings(data_dir: Path | None = None, station: str | None = None, **extra: Any) -> Settings:
@@ -103,10 +106,11 @@ def run(
     rate: RateOpt = None,
     loop: LoopOpt = False,
     threads: ThreadsOpt = None,
+    workers: WorkersOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live status line")] = False,
 ) -> None:
     """Run the station: inspect every frame from SOURCE and record every decision."""
-    settings = _settings(data_dir, station, intra_op_threads=threads)
+    settings = _settings(data_dir, station, intra_op_threads=threads, inference_workers=workers)
     loaded, detector = _load_model(settings, recipe)
     store = _open_store(settings, must_exist=False)
     st = _assemble(settings, store, loaded, detector, source=source, batch=batch, rate=rate, loop=loop)
@@ -211,6 +215,7 @@ def _assemble(
         archive=ImageArchive(settings.images_dir),
         batch_id=batch or f"{loaded.recipe.product}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         queue_size=settings.queue_size,
+        inference_workers=settings.inference_workers,
     )
     holder.append(st)
     st.housekeeping = _housekeeper(settings, store, st)
@@ -556,6 +561,7 @@ def serve(
         bool, typer.Option("--trigger", help="capture only on POST /api/v1/trigger (one frame per request)")
     ] = False,
     threads: ThreadsOpt = None,
+    workers: WorkersOpt = None,
     mqtt: Annotated[
         str | None,
         typer.Option("--mqtt", help="forward results to broker HOST[:PORT]", envvar="QCSTATION_MQTT"),
@@ -579,7 +585,7 @@ def serve(
     from qcstation.station.api.auth import check_bind, is_loopback
     from qcstation.station.tokens import TokenStore
 
-    settings = _settings(data_dir, station, intra_op_threads=threads)
+    settings = _settings(data_dir, station, intra_op_threads=threads, inference_workers=workers)
     loaded, detector = _load_model(settings, recipe)
     store = _open_store(settings, must_exist=False)
     try:
@@ -893,18 +899,18 @@ def bench(
     images: Annotated[Path, typer.Option("--images", help="image folder to replay")] = Path("sample_images"),
     recipe: RecipeOpt = Path("recipes/demo.yaml"),
     threads: ThreadsOpt = None,
+    workers: WorkersOpt = None,
     quick: Annotated[bool, typer.Option("--quick", help="a few frames, one repeat (a smoke test)")] = False,
 ) -> None:
     """Measure the station against its own baselines (same process, alternating runs, medians)."""
     from qcstation.station.bench import BenchConfig, render, render_runs, run_bench
-    from qcstation.station.settings import default_intra_op_threads
 
+    settings = _settings(intra_op_threads=threads, inference_workers=workers)
+    t, w = settings.intra_op_threads, settings.inference_workers
     if quick:
-        cfg = BenchConfig.quick(recipe, images, threads=threads or default_intra_op_threads())
+        cfg = BenchConfig.quick(recipe, images, threads=t, workers=w)
     else:
-        cfg = BenchConfig(
-            recipe, images, frames=frames, repeats=repeats, threads=threads or default_intra_op_threads()
-        )
+        cfg = BenchConfig(recipe, images, frames=frames, repeats=repeats, threads=t, workers=w)
     report = run_bench(cfg, progress=lambda what: err.print(f"[dim]measuring {what}…[/]"))
     typer.echo(render(report))
     typer.echo("\nruns behind the medians:\n" + render_runs(report))

@@ -110,3 +110,40 @@ def test_throughput_measures_the_bare_model_on_every_core_beside_the_stations_th
     report.throughput = t
     names = [r.figure for r in bench.rows(report)]
     assert any("all" in n and "cores" in n for n in names)
+
+
+def test_bare_loop_with_workers_runs_every_frame_once_on_as_many_threads(tiny_model: Path) -> None:
+    import threading
+
+    det = Detector.from_path(tiny_model, intra_op_threads=1)
+    real = det.session
+    seen: list[tuple[str, int]] = []
+
+    class Counting:
+        def run(self, outs: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            (x,) = feed.values()
+            seen.append((threading.current_thread().name, int(x[0, 0, 0, 0])))
+            return real.run(outs, feed)
+
+    det.session = Counting()  # type: ignore[assignment]
+    shape = (1, det.card.input.channels, det.card.input.height, det.card.input.width)
+    tensors = [np.full(shape, i, np.float32) for i in range(10)]
+    # when 10 frames go through the bare loop as three workers
+    fps = bench._bare_loop(det, tensors, 10, workers=3)
+    # then every frame ran exactly once, from three threads, and the rate is finite
+    assert sorted(v for _, v in seen) == list(range(10))
+    assert len({t for t, _ in seen}) == 3
+    assert fps > 0 and math.isfinite(fps)
+
+
+def test_throughput_with_workers_runs_the_station_and_its_bare_baseline_with_them(
+    setup: tuple[Path, Path], tiny_model: Path
+) -> None:
+    recipe, images = setup
+    det = Detector.from_path(tiny_model, intra_op_threads=1)
+    t = bench.measure_throughput(det, recipe, images, frames=12, repeats=1, workers=2)
+    assert t.workers == 2 and t.pipeline_fps > 0 and t.bare_fps > 0
+    report = bench.Report(model="tiny", threads=1, repeats=1, workers=2, loadavg_start=(0.0, 0.0, 0.0))
+    report.throughput = t
+    assert "2 loops at once" in bench.rows(report)[0].baseline
+    assert "inference workers 2" in bench.render(report)

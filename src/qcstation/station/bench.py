@@ -29,6 +29,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class Throughput:
     runs: dict[str, list[float]]
     ratios: dict[str, list[float]]
     all_cores: int | None = None
+    workers: int = 1
 
     @property
     def bare_all_cores_fps(self) -> float | None:
@@ -217,6 +219,7 @@ class Report:
     repeats: int
     loadavg_start: tuple[float, float, float]
     loadavg_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    workers: int = 1
     throughput: Throughput | None = None
     latencies: list[Latency] = field(default_factory=list)
     tiles: Tiles | None = None
@@ -261,12 +264,27 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return value
 
 
-def _bare_loop(det: Detector, tensors: Sequence[np.ndarray], frames: int) -> float:
-    """Frames per second of ``session.run`` alone over ``frames`` ready tensors."""
+def _bare_loop(det: Detector, tensors: Sequence[np.ndarray], frames: int, workers: int = 1) -> float:
+    """Frames per second of ``session.run`` alone over ``frames`` ready tensors.
+
+    With ``workers`` above one, that many threads share the frames and run at once (the station's
+    configuration with as many inference workers).
+    """
     feed, outs = det.card.input.name, [det.card.output.name]
+
+    def loop(k: int) -> None:
+        for i in range(k, frames, workers):
+            det.session.run(outs, {feed: tensors[i % len(tensors)]})
+
     t0 = time.perf_counter()
-    for i in range(frames):
-        det.session.run(outs, {feed: tensors[i % len(tensors)]})
+    if workers == 1:
+        loop(0)
+    else:
+        threads = [threading.Thread(target=loop, args=(k,)) for k in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     return frames / (time.perf_counter() - t0)
 
 
@@ -297,7 +315,7 @@ class _Counted(FolderSource):
 
 
 def _station_run(
-    det: Detector, recipe: Path, images: Path, frames: int, rate_hz: float | None = None
+    det: Detector, recipe: Path, images: Path, frames: int, rate_hz: float | None = None, workers: int = 1
 ) -> tuple[float, list[float]]:
     """Run a real station (SQLite store and archive in a temp dir): (committed frames/s, latencies ms)."""
     loaded = load_recipe(recipe)
@@ -311,6 +329,7 @@ def _station_run(
                 store=store,
                 archive=ImageArchive(Path(tmp) / "images"),
                 batch_id="BENCH",
+                inference_workers=workers,
             )
             summary = st.run()
         finally:
@@ -354,11 +373,14 @@ def measure_throughput(
     frames: int,
     repeats: int,
     all_cores: Detector | None = None,
+    workers: int = 1,
 ) -> Throughput:
     """Station vs bare ``session.run`` vs naive loop, alternating, ``repeats`` runs of ``frames`` each.
 
     ``all_cores``: the same model with one onnxruntime thread per core, when the station's detector runs
     fewer; its bare loop is measured beside the others (the model's limit on this machine).
+    ``workers``: the station's inference workers; the bare loop runs as many at once. The naive loop is
+    one frame at a time, whatever the station does.
     """
     files = image_files(images)
     tensors = [det.bare_input(read_image(p)) for p in files]
@@ -368,17 +390,17 @@ def measure_throughput(
     with tempfile.TemporaryDirectory(prefix="qc-bench-naive-") as tmp:
         for r in range(repeats + 1):  # bare(s), station, naive, bare(s), station, naive, …, bare(s)
             for name, d in bares.items():
-                runs[name].append(_bare_loop(d, tensors, frames))
+                runs[name].append(_bare_loop(d, tensors, frames, workers if name == "bare" else 1))
             if r == repeats:
                 break
-            runs["pipeline"].append(_station_run(det, recipe, images, frames)[0])
+            runs["pipeline"].append(_station_run(det, recipe, images, frames, workers=workers)[0])
             runs["naive"].append(_naive_loop(det, files, frames, Path(tmp) / f"naive{r}.db"))
     p, n = runs["pipeline"], runs["naive"]
     ratios = {f"vs_{k}": [p[i] / ((runs[k][i] + runs[k][i + 1]) / 2) for i in range(repeats)] for k in bares}
     ratios["vs_naive"] = [p[i] / n[i] for i in range(repeats)]
     med = {k: statistics.median(v) for k, v in runs.items()}
     cores = None if all_cores is None else (os.cpu_count() or 1)
-    return Throughput(frames, med["pipeline"], med["bare"], med["naive"], runs, ratios, cores)
+    return Throughput(frames, med["pipeline"], med["bare"], med["naive"], runs, ratios, cores, workers)
 
 
 def measure_latency(
@@ -391,6 +413,7 @@ def measure_latency(
     frames: int,
     repeats: int,
     single_n: int = 50,
+    workers: int = 1,
 ) -> Latency:
     """Capture → commit p50/p99 with the source paced at ``load`` × ``bare_fps``, vs one ``session.run``.
 
@@ -403,7 +426,7 @@ def measure_latency(
         single = _single_ms(det, tensor, single_n)
         runs["single_ms"].append(statistics.median(single))
         runs["single_p99_ms"].append(percentile(single, 99))
-        lat = _station_run(det, recipe, images, frames, rate_hz=rate)[1]
+        lat = _station_run(det, recipe, images, frames, rate_hz=rate, workers=workers)[1]
         runs["p50_ms"].append(percentile(lat, 50))
         runs["p99_ms"].append(percentile(lat, 99))
     med = {k: statistics.median(v) for k, v in runs.items()}
@@ -743,9 +766,10 @@ class BenchConfig:
     tile_frames: int = 4
     eval_count: int = 200
     threads: int | None = None
+    workers: int = 1
 
     @classmethod
-    def quick(cls, recipe: Path, images: Path, threads: int | None = None) -> BenchConfig:
+    def quick(cls, recipe: Path, images: Path, threads: int | None = None, workers: int = 1) -> BenchConfig:
         """Small enough for a test: a few frames, one repeat, a 1024x1024 tile frame, 24 eval images."""
         return cls(
             recipe,
@@ -757,6 +781,7 @@ class BenchConfig:
             tile_frames=2,
             eval_count=24,
             threads=threads,
+            workers=workers,
         )
 
 
@@ -770,6 +795,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _m: Non
         f"{det.card.inference.mode}, {det.info.sha256[:12]})",
         threads=cfg.threads,
         repeats=cfg.repeats,
+        workers=cfg.workers,
         loadavg_start=os.getloadavg(),
     )
     progress("throughput")
@@ -780,7 +806,13 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _m: Non
         else None
     )
     rep.throughput = measure_throughput(
-        det, cfg.recipe, cfg.images, frames=cfg.frames, repeats=cfg.repeats, all_cores=all_cores
+        det,
+        cfg.recipe,
+        cfg.images,
+        frames=cfg.frames,
+        repeats=cfg.repeats,
+        all_cores=all_cores,
+        workers=cfg.workers,
     )
     for load in cfg.loads:
         progress(f"latency at {load:.0%}")
@@ -793,6 +825,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _m: Non
                 load=load,
                 frames=cfg.latency_frames,
                 repeats=cfg.repeats,
+                workers=cfg.workers,
             )
         )
     if cfg.tile_shape is not None:
@@ -839,7 +872,7 @@ def rows(rep: Report) -> list[Row]:
             Row(
                 "throughput: station vs bare session.run, the station's threads",
                 f"{t.pipeline_fps:.1f} fps (paired ratios {_span(t.ratios['vs_bare'])})",
-                f"{t.bare_fps:.1f} fps bare",
+                f"{t.bare_fps:.1f} fps bare" + (f", {t.workers} loops at once" if t.workers > 1 else ""),
                 t.vs_bare,
                 "≥ 0.95",
                 t.vs_bare >= 0.95,
@@ -966,6 +999,7 @@ def render(rep: Report) -> str:
     la1 = " ".join(f"{x:.2f}" for x in rep.loadavg_end)
     lines = [
         f"model {rep.model}; onnxruntime intra-op threads {rep.threads or 'default'}; "
+        f"inference workers {rep.workers}; "
         f"{os.cpu_count()} cores; medians of {rep.repeats} alternating run(s); {rep.seconds:.0f} s in all",
         f"load average (1/5/15 min) at start {la0}, at end {la1}",
         "",

@@ -6,8 +6,10 @@ Four threads joined by bounded queues::
     batch monitor) ──▶ commit (archive + store) ──▶ sinks, after commit
 
 The station's throughput is set by its slowest stage, not by the sum of them; on a CPU station that is the
-model, so the inference thread does nothing but ``session.run`` back to back and everything else happens on
-the other cores while it runs. Every frame that enters ends
+model, so the inference stage does nothing but ``session.run`` back to back and everything else happens on
+the other cores while it runs. With ``inference_workers`` above one, that many frames are in ``session.run``
+at once (one onnxruntime session takes concurrent runs), each as a future queued in capture order, so the
+decide stage still sees frames in the order they were captured. Every frame that enters ends
 as a record: a frame that fails anywhere becomes verdict ERROR with disposition REJECT. Sinks (reject output,
 live screen, MES) hear of a decision only after it is durably committed. Stopping (Ctrl-C, SIGTERM, end of
 source) drains both queues, so nothing captured is dropped.
@@ -22,6 +24,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -159,6 +162,7 @@ class Station:
         sinks: Sequence[Sink] = (),
         clock: Clock = utcnow,
         queue_size: int = 8,
+        inference_workers: int = 1,
         max_group: int = 64,
         release_poll_s: float = 1.0,
         housekeeping: Callable[[], None] | None = None,
@@ -176,15 +180,21 @@ class Station:
             sinks: told of every committed decision and event.
             clock: UTC clock (tests pass a fake).
             queue_size: bound of the frame and decision queues (back-pressure on the camera).
+            inference_workers: frames in ``session.run`` at once, each on its own thread; decisions keep
+                capture order. Several one-thread runs use the cores of a small PC better than one run on
+                several threads (docs/PERFORMANCE.md).
             max_group: the most decisions committed in one transaction.
             release_poll_s: how often the store is checked for a hold released elsewhere (CLI, API).
             housekeeping: run every ``housekeeping_s`` seconds while the station runs, in its own thread
                 (image retention, the disk guard); its failures are logged, never stop the station.
             housekeeping_s: the housekeeping period.
         """
+        if inference_workers < 1:
+            raise ValueError(f"inference_workers must be at least 1, got {inference_workers}")
         rec = recipe.recipe
         rec.check_classes(detector.card.classes)
         self.source = source
+        self.inference_workers = inference_workers
         self.detector = detector
         self.loaded = recipe
         self.recipe = rec
@@ -458,17 +468,25 @@ class Station:
     # -- stage 2: infer -----------------------------------------------------------------------------------
 
     def _infer_loop(self) -> None:
-        """Only ``session.run``: everything else is someone else's thread. Other items pass in order."""
+        """Only ``session.run``: everything else is someone else's thread. Other items pass in order.
+
+        With several workers a frame goes on as the future of its run, in capture order; the bounded queue
+        after this stage keeps at most a few frames' outputs waiting, however many workers there are.
+        """
+        workers = self.inference_workers
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="qc-infer") if workers > 1 else None
         try:
             while True:
                 item = self._frames.get()
                 if item is _END or self._errors:
                     break
                 if isinstance(item, _Work):
-                    self._infer(item)
+                    item = pool.submit(self._infer, item) if pool is not None else self._infer(item)
                 self._put(self._inferred, item)
         finally:
             self._inferred.put(_END)
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     def _infer(self, work: _Work) -> _Work:
         if work.prepared is not None:
@@ -496,6 +514,8 @@ class Station:
                     break
                 if item is None:
                     continue
+                if isinstance(item, Future):
+                    item = item.result()  # _infer turns every failure into the frame's error
                 if isinstance(item, StationFault):
                     self._emit_events([item, *self.monitor.fault(item)])
                     continue
