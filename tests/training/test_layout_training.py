@@ -17,6 +17,7 @@ import torch
 
 from qcstation.inspect.detector import Detector
 from qcstation.training.data import SegmentationDataset, Subset, normalise, split_by_group, train_transform
+from qcstation.training.defectnet import SUPERVISED_RECIPE
 from qcstation.training.engine import TrainConfig, fit, model_from_checkpoint
 from qcstation.training.errors import CheckpointError
 from qcstation.training.export import export_checkpoint, load_checkpoint_model, peak_verdicts
@@ -324,7 +325,8 @@ def test_qcstation_train_path_then_export_from_its_checkpoint(layout: str, mode:
     kind = "defectnet-ensemble" if mode == "supervised" else "defectnet"
     assert report["kind"] == kind and report["calibration"]["method"] == "card"
     if mode == "supervised":
-        assert report["members"] == [str(ckpts / f"member{k}" / "best.pt") for k in range(2)]
+        members = SUPERVISED_RECIPE["members"]
+        assert report["members"] == [str(ckpts / f"member{k}" / "best.pt") for k in range(members)]
     assert again.card.thresholds == trained.card.thresholds
     assert report["parity"]["verdicts_identical"] == 15 and report["parity"]["max_abs_diff"] < 1e-4
     frames = [s.image for s in open_dataset(root).load((SIZE, SIZE))]
@@ -358,5 +360,5 @@ def test_evaluate_reads_the_test_side_of_any_layout(tmp_path: Path) -> None:
 
 
 def _best(ckpt: Path) -> Path:
-    """A run's best.pt; supervised runs train two members, each with its own."""
+    """A run's best.pt; supervised runs train several members, each with its own."""
     return ckpt / "best.pt" if (ckpt / "best.pt").exists() else ckpt / "member0" / "best.pt"

@@ -199,8 +199,8 @@ def train_main(
         time_budget_min: training wall-time budget; the learning-rate schedule spans it (None: the
             mode's default, 44 min supervised from
             :data:`~qcstation.training.defectnet.SUPERVISED_RECIPE`, 35 min good-only). Supervised mode
-            trains the recipe's two members at once (each with half the threads), so the budget is wall
-            time for both.
+            trains the recipe's three members at once (sharing the threads), so the budget is wall
+            time for all of them.
         size: square model input side (frames are resized to it).
         width: U-Net width.
         batch_size: images per step.
