@@ -15,6 +15,8 @@ import yaml
 
 from model_factory import part_image
 
+ROOT = Path(__file__).resolve().parents[1]
+
 GOOD = part_image((96, 96))
 BAD = part_image((96, 96), blobs=((48, 48, 8),))
 
@@ -236,3 +238,33 @@ def test_prune_keeps_rejects(project: Path) -> None:
     assert after <= before
     res = qc("prune", "--days", "0", "--include-rejects", "--data-dir", "data", cwd=project)
     assert sum(1 for p in images.rglob("*") if p.is_file()) == 0
+
+
+def test_inference_workers_default_to_two_for_run_and_one_beside_the_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qcstation import cli
+    from qcstation.station.settings import Settings, default_inference_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert default_inference_workers() == 2 and default_inference_workers(serving=True) == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert default_inference_workers() == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    # the stations `run` and `serve` assemble, from the bundled recipe and model
+    settings = Settings(data_dir=tmp_path)
+    loaded, detector = cli._load_model(settings, ROOT / "recipes" / "demo.yaml")
+    store = cli._open_store(settings, must_exist=False)
+    try:
+        kw = {"source": str(ROOT / "sample_images"), "batch": None, "rate": None, "loop": False}
+        assert cli._assemble(settings, store, loaded, detector, **kw).inference_workers == 2
+        assert cli._assemble(settings, store, loaded, detector, serving=True, **kw).inference_workers == 1
+        # a setting (QCSTATION_INFERENCE_WORKERS or --workers) wins in both
+        monkeypatch.setenv("QCSTATION_INFERENCE_WORKERS", "3")
+        chosen = Settings(data_dir=tmp_path)
+        assert cli._assemble(chosen, store, loaded, detector, serving=True, **kw).inference_workers == 3
+    finally:
+        store.close()
+    monkeypatch.setenv("QCSTATION_INFERENCE_WORKERS", "0")
+    with pytest.raises(ValueError, match="inference_workers"):
+        Settings(data_dir=tmp_path)

@@ -180,10 +180,16 @@ def _assemble(
     rate: float | None,
     loop: bool,
     trigger: bool = False,
+    serving: bool = False,
 ) -> Station:
-    """A station from ready parts; cameras and streams reconnect with backoff and report faults."""
+    """A station from ready parts; cameras and streams reconnect with backoff and report faults.
+
+    ``serving``: the REST API and the screen run in the same process (``serve``), which changes the default
+    number of inference workers (:func:`~qcstation.station.settings.default_inference_workers`).
+    """
     from qcstation.station.archive import ImageArchive
     from qcstation.station.pipeline import Station
+    from qcstation.station.settings import default_inference_workers
     from qcstation.station.sources import (
         FolderSourceConfig,
         Reconnecting,
@@ -215,7 +221,7 @@ def _assemble(
         archive=ImageArchive(settings.images_dir),
         batch_id=batch or f"{loaded.recipe.product}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         queue_size=settings.queue_size,
-        inference_workers=settings.inference_workers,
+        inference_workers=settings.inference_workers or default_inference_workers(serving=serving),
     )
     holder.append(st)
     st.housekeeping = _housekeeper(settings, store, st)
@@ -601,6 +607,7 @@ def serve(
             rate=rate,
             loop=loop,
             trigger=trigger,
+            serving=True,
         )
         archive = st.archive
         api_config = ApiConfig(host=host, port=port)
@@ -904,9 +911,10 @@ def bench(
 ) -> None:
     """Measure the station against its own baselines (same process, alternating runs, medians)."""
     from qcstation.station.bench import BenchConfig, render, render_runs, run_bench
+    from qcstation.station.settings import default_inference_workers
 
     settings = _settings(intra_op_threads=threads, inference_workers=workers)
-    t, w = settings.intra_op_threads, settings.inference_workers
+    t, w = settings.intra_op_threads, settings.inference_workers or default_inference_workers()
     if quick:
         cfg = BenchConfig.quick(recipe, images, threads=t, workers=w)
     else:

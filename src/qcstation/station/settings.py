@@ -24,15 +24,18 @@ def default_intra_op_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-def default_inference_workers() -> int:
-    """Two frames in ``session.run`` at once where there are two cores or more.
+def default_inference_workers(*, serving: bool = False) -> int:
+    """Frames in ``session.run`` at once: two where there are two cores or more, one beside the REST API.
 
     Measured on the 2-core reference machine (docs/PERFORMANCE.md): two one-thread runs side by side made the
     station 1.6 x faster than one (127 against 80 parts/s with the demo model) at the same latency for the
     same part rate, while one run on two threads scales worse (onnxruntime's threads wait on each other
-    after every small operator).
+    after every small operator). But a station at full rate on two workers takes both cores, and ``serve``
+    answers the MES and the screen in the same process: there, MES reads at 100 requests/s cost the
+    station 27.5 % of its rate with p99 up to 234 ms on two workers, 6.9 % and up to 107 ms on one. So
+    ``serve`` keeps one unless told otherwise.
     """
-    return min(2, os.cpu_count() or 1)
+    return 1 if serving else min(2, os.cpu_count() or 1)
 
 
 class Settings(BaseSettings):
@@ -50,11 +53,12 @@ class Settings(BaseSettings):
         ge=1,
         description="onnxruntime threads per operator in each run (default: cores minus one)",
     )
-    inference_workers: int = Field(
-        default_factory=lambda: default_inference_workers(),
+    inference_workers: int | None = Field(
+        default=None,
         ge=1,
         le=64,
-        description="frames in session.run at once, each on its own thread; decisions keep capture order",
+        description="frames in session.run at once, each on its own thread; decisions keep capture order "
+        "(default: 2 on 2+ cores for `run`, 1 for `serve`, which shares the process with the API)",
     )
     queue_size: int = Field(default=8, ge=1, le=1024)
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
