@@ -1,6 +1,6 @@
 """The station pipeline: capture, inference and storage running concurrently.
 
-Four threads joined by bounded queues::
+Four stages in threads joined by bounded queues::
 
     capture (read, decode, preprocess) ──▶ infer (session.run only) ──▶ decide (post-process, rules,
     batch monitor) ──▶ commit (archive + store) ──▶ sinks, after commit
