@@ -53,7 +53,8 @@ RateOpt = Annotated[float | None, typer.Option("--rate", help="replay rate in fr
 LoopOpt = Annotated[bool, typer.Option("--loop", help="replay the folder forever")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads")]
 WorkersOpt = Annotated[
-    int | None, typer.Option("--workers", help="frames in session.run at once (default: the setting)", min=1)
+    int | None,
+    typer.Option("--workers", help="frames in session.run at once (default: 2 on 2+ cores; serve: 1)", min=1),
 ]
 
 
