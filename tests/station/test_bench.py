@@ -60,6 +60,8 @@ def test_quick_bench_fills_every_row_with_finite_positive_figures(setup: tuple[P
     assert t.frames == 24
     for v in (t.pipeline_fps, t.bare_fps, t.naive_fps, t.vs_bare, t.vs_naive):
         assert v > 0 and math.isfinite(v)
+    assert {k: len(v) for k, v in t.cpu_ms.items()} == {"pipeline": 1, "naive": 1, "bare": 2}
+    assert all(v > 0 and math.isfinite(v) for vs in t.cpu_ms.values() for v in vs)
     assert [lat.load for lat in report.latencies] == [0.5, 0.9]
     for lat in report.latencies:
         assert 0 < lat.p50_ms <= lat.p99_ms and math.isfinite(lat.p99_ms)
@@ -82,7 +84,8 @@ def test_quick_bench_fills_every_row_with_finite_positive_figures(setup: tuple[P
     assert bench.finite(report)
     # and the table has one row per figure, with the load average above it
     rows = bench.rows(report)
-    assert len(rows) == 11
+    assert len(rows) == 12
+    assert any(r.figure.startswith("ceiling vs naive") for r in rows)
     assert all(r.target for r in rows)
     text = bench.render(report)
     assert "load average" in text
@@ -147,3 +150,58 @@ def test_throughput_with_workers_runs_the_station_and_its_bare_baseline_with_the
     report.throughput = t
     assert "2 loops at once" in bench.rows(report)[0].baseline
     assert "inference workers 2" in bench.render(report)
+
+
+def test_unique_frames_differ_in_bytes_and_decode_to_the_original_pixels(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    gray = part_image((64, 80), blobs=((20, 30, 6),))
+    cv2.imwrite(str(src / "a.png"), gray)
+    cv2.imwrite(str(src / "b.png"), gray.astype(np.uint16) * 257)  # 16-bit
+    cv2.imwrite(str(src / "c.jpg"), gray)
+    cv2.imwrite(str(src / "d.bmp"), cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
+    originals = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in bench.image_files(src)]
+    # when nine frames are made from four images
+    out = bench.unique_frames(src, 9, tmp_path / "out")
+    files = bench.image_files(out)
+    # then every frame has bytes of its own
+    assert len(files) == 9
+    assert len({f.read_bytes() for f in files}) == 9
+    # and decodes to the pixels of the image it came from (the BMP as a PNG, JPEG as JPEG)
+    for i, f in enumerate(files):
+        expected = originals[i % 4]
+        got = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+        assert got is not None and got.dtype == expected.dtype
+        assert np.array_equal(got, expected)
+    assert [f.suffix for f in files[:4]] == [".png", ".png", ".jpg", ".png"]
+
+
+def test_bench_station_runs_archive_every_kept_frame_as_a_new_image(
+    setup: tuple[Path, Path], tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe, images = setup
+    refs: list[str] = []
+    put = bench.ImageArchive.put
+
+    def counting(self: bench.ImageArchive, data: bytes, ext: str) -> str:
+        ref = put(self, data, ext)
+        refs.append(ref)
+        return ref
+
+    monkeypatch.setattr(bench.ImageArchive, "put", counting)
+    det = Detector.from_path(tiny_model, intra_op_threads=1)
+    # when the bench's station replays six images (two defective) as 18 frames
+    bench._station_run(det, recipe, images, 18)
+    # then each archived frame was a new image, as a camera's frames are, not the same six files again
+    assert len(refs) >= 6
+    assert len(set(refs)) == len(refs)
+
+
+def test_the_ceiling_vs_naive_is_cores_times_the_naive_time_over_the_stations_cpu_per_part() -> None:
+    # a naive loop at 50 fps (20 ms a part) and a station that burns 16 ms of CPU a part on 2 cores:
+    # at best 2000 / 16 = 125 parts/s, 2.5 x the naive loop
+    runs = {"pipeline": [100.0], "naive": [50.0], "bare": [150.0]}
+    cpu = {"pipeline": [15.0, 16.0, 17.0], "naive": [14.0], "bare": [12.0]}
+    t = bench.Throughput(200, 100.0, 150.0, 50.0, runs, {}, None, 2, cpu, 2)
+    assert t.cpu_ceiling_vs_naive == pytest.approx(2.5)
+    assert bench.Throughput(200, 100.0, 150.0, 50.0, runs, {}).cpu_ceiling_vs_naive is None

@@ -7,7 +7,8 @@ other processes hits both, and medians are reported. ``qcstation bench`` runs :f
 
 Figures (see docs/PERFORMANCE.md):
 
-- throughput: the whole station (folder → decision → commit to a real SQLite store) vs a bare
+- throughput: the whole station (folder → decision → commit to a real SQLite store and image archive, each
+  frame with bytes of its own as a camera's are: :func:`unique_frames`) vs a bare
   ``session.run`` loop on the same frames, pre-decoded and preprocessed, vs the naive sequential loop a user
   would write (read, decode, inspect, insert one row, commit, repeat);
 - latency: capture → commit p50/p99 with the source paced at 50 % and 90 % of the bare model's rate, vs the
@@ -27,13 +28,16 @@ import math
 import os
 import sqlite3
 import statistics
+import struct
 import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -72,6 +76,20 @@ class Throughput:
     ratios: dict[str, list[float]]
     all_cores: int | None = None
     workers: int = 1
+    cpu_ms: dict[str, list[float]] = field(default_factory=dict)
+    """CPU time of the whole process (every thread) per frame, per run: pipeline, naive and bare."""
+    cores: int = 1
+
+    @property
+    def cpu_ceiling_vs_naive(self) -> float | None:
+        """The most the station could make of the naive loop here: cores × naive time / station CPU per part.
+
+        With every core busy and nothing else running, the station commits ``cores / CPU per part`` parts a
+        second; against the naive loop's rate that is its ceiling, whatever the threads do.
+        """
+        if not self.cpu_ms.get("pipeline"):
+            return None
+        return self.cores * (1e3 / self.naive_fps) / statistics.median(self.cpu_ms["pipeline"])
 
     @property
     def bare_all_cores_fps(self) -> float | None:
@@ -298,6 +316,46 @@ def _single_ms(det: Detector, tensor: np.ndarray, n: int) -> list[float]:
     return out
 
 
+def _marked(data: bytes, suffix: str, mark: bytes) -> tuple[bytes, str]:
+    """``data`` with ``mark`` in a block decoders skip: (bytes, extension). PNG and JPEG keep their format."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        body = b"tEXt" + b"qcstation-frame\x00" + mark
+        chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+        return data[:33] + chunk + data[33:], ".png"  # after the signature (8 bytes) and IHDR (25)
+    if data.startswith(b"\xff\xd8"):
+        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(mark) + 2) + mark + data[2:], suffix  # COM
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"cannot decode a {suffix} image for the bench")
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"cannot re-encode a {suffix} image of shape {image.shape} as PNG for the bench")
+    return _marked(buf.tobytes(), ".png", mark)
+
+
+def unique_frames(images: Path, count: int, dst: Path) -> Path:
+    """Write ``count`` frames into ``dst``: the folder's images in turn, each with bytes of its own.
+
+    A camera never sends the same bytes twice; a folder replayed in a loop does, and the station's
+    content-addressed archive stores repeated bytes once, so replayed frames would skip the file writes and
+    fsyncs a line pays for every kept image. Each copy carries its frame number in a block decoders skip (a
+    PNG tEXt chunk, a JPEG comment), so its pixels, and the verdict, are the original's; other formats are
+    re-encoded as PNG first.
+
+    Returns:
+        ``dst``.
+    """
+    files = image_files(images)
+    if not files:
+        raise ValueError(f"no images in {images}")
+    dst.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        src = files[i % len(files)]
+        data, ext = _marked(src.read_bytes(), src.suffix.lower(), str(i).encode())
+        (dst / f"f{i:06d}_{src.stem}{ext}").write_bytes(data)
+    return dst
+
+
 class _Counted(FolderSource):
     """A looping folder source that ends after ``limit`` frames."""
 
@@ -314,16 +372,29 @@ class _Counted(FolderSource):
         return super().read()
 
 
+class StationRun(NamedTuple):
+    """One bench run of a real station."""
+
+    fps: float
+    latencies_ms: list[float]
+    cpu_ms: float
+    """CPU time of the whole process (every thread) per committed part during the run."""
+
+
 def _station_run(
     det: Detector, recipe: Path, images: Path, frames: int, rate_hz: float | None = None, workers: int = 1
-) -> tuple[float, list[float]]:
-    """Run a real station (SQLite store and archive in a temp dir): (committed frames/s, latencies ms)."""
+) -> StationRun:
+    """Run a real station (SQLite store and archive in a temp dir) over ``frames`` frames.
+
+    The frames are :func:`unique_frames` of ``images``, written before the run starts.
+    """
     loaded = load_recipe(recipe)
     with tempfile.TemporaryDirectory(prefix="qc-bench-") as tmp:
+        frames_dir = unique_frames(images, frames, Path(tmp) / "frames")
         store = Store.open(str(Path(tmp) / "bench.db"), "bench")
         try:
             st = Station(
-                source=_Counted(images, frames, rate_hz),
+                source=_Counted(frames_dir, frames, rate_hz),
                 detector=det,
                 recipe=loaded,
                 store=store,
@@ -331,23 +402,29 @@ def _station_run(
                 batch_id="BENCH",
                 inference_workers=workers,
             )
+            cpu0 = time.process_time()
             summary = st.run()
+            cpu = time.process_time() - cpu0
         finally:
             store.close()
     if summary.parts != frames:
         raise RuntimeError(f"the station recorded {summary.parts} of {frames} frames")
-    return summary.rate, list(st.stats.latencies_ms)
+    return StationRun(summary.rate, list(st.stats.latencies_ms), cpu * 1e3 / frames)
 
 
-def _naive_loop(det: Detector, files: Sequence[Path], frames: int, db: Path) -> float:
-    """What a user would write: read, decode, inspect, insert one row, commit; one frame at a time."""
+def _naive_loop(det: Detector, files: Sequence[Path], frames: int, db: Path) -> tuple[float, float]:
+    """What a user would write: read, decode, inspect, insert one row, commit; one frame at a time.
+
+    Returns:
+        (frames per second, ms of CPU per frame).
+    """
     con = sqlite3.connect(db)
     try:
         con.execute(
             "CREATE TABLE IF NOT EXISTS inspections (id INTEGER PRIMARY KEY, file TEXT, at REAL, "
             "verdict TEXT, score REAL, regions TEXT)"
         )
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for i in range(frames):
             path = files[i % len(files)]
             insp = det.inspect(read_image(path))
@@ -357,7 +434,7 @@ def _naive_loop(det: Detector, files: Sequence[Path], frames: int, db: Path) -> 
                 (path.name, time.time(), "FAIL" if insp.regions else "PASS", insp.image_score, regions),
             )
             con.commit()
-        return frames / (time.perf_counter() - t0)
+        return frames / (time.perf_counter() - t0), (time.process_time() - cpu0) * 1e3 / frames
     finally:
         con.close()
 
@@ -380,27 +457,39 @@ def measure_throughput(
     ``all_cores``: the same model with one onnxruntime thread per core, when the station's detector runs
     fewer; its bare loop is measured beside the others (the model's limit on this machine).
     ``workers``: the station's inference workers; the bare loop runs as many at once. The naive loop is
-    one frame at a time, whatever the station does.
+    one frame at a time, whatever the station does. The process's CPU time per frame is kept for the
+    station, the naive loop and the bare loop (:attr:`Throughput.cpu_ceiling_vs_naive`).
     """
     files = image_files(images)
     tensors = [det.bare_input(read_image(p)) for p in files]
     _bare_loop(det, tensors, min(frames, 20))  # warm-up
     bares = {"bare": det} | ({"bare_all_cores": all_cores} if all_cores is not None else {})
     runs: dict[str, list[float]] = {k: [] for k in [*bares, "pipeline", "naive"]}
+    cpu: dict[str, list[float]] = {"pipeline": [], "naive": [], "bare": []}
     with tempfile.TemporaryDirectory(prefix="qc-bench-naive-") as tmp:
         for r in range(repeats + 1):  # bare(s), station, naive, bare(s), station, naive, …, bare(s)
             for name, d in bares.items():
+                cpu0 = time.process_time()
                 runs[name].append(_bare_loop(d, tensors, frames, workers if name == "bare" else 1))
+                if name == "bare":
+                    cpu["bare"].append((time.process_time() - cpu0) * 1e3 / frames)
             if r == repeats:
                 break
-            runs["pipeline"].append(_station_run(det, recipe, images, frames, workers=workers)[0])
-            runs["naive"].append(_naive_loop(det, files, frames, Path(tmp) / f"naive{r}.db"))
+            station = _station_run(det, recipe, images, frames, workers=workers)
+            runs["pipeline"].append(station.fps)
+            cpu["pipeline"].append(station.cpu_ms)
+            fps, cpu_ms = _naive_loop(det, files, frames, Path(tmp) / f"naive{r}.db")
+            runs["naive"].append(fps)
+            cpu["naive"].append(cpu_ms)
     p, n = runs["pipeline"], runs["naive"]
     ratios = {f"vs_{k}": [p[i] / ((runs[k][i] + runs[k][i + 1]) / 2) for i in range(repeats)] for k in bares}
     ratios["vs_naive"] = [p[i] / n[i] for i in range(repeats)]
     med = {k: statistics.median(v) for k, v in runs.items()}
-    cores = None if all_cores is None else (os.cpu_count() or 1)
-    return Throughput(frames, med["pipeline"], med["bare"], med["naive"], runs, ratios, cores, workers)
+    n_cores = os.cpu_count() or 1
+    cores = None if all_cores is None else n_cores
+    return Throughput(
+        frames, med["pipeline"], med["bare"], med["naive"], runs, ratios, cores, workers, cpu, n_cores
+    )
 
 
 def measure_latency(
@@ -426,7 +515,7 @@ def measure_latency(
         single = _single_ms(det, tensor, single_n)
         runs["single_ms"].append(statistics.median(single))
         runs["single_p99_ms"].append(percentile(single, 99))
-        lat = _station_run(det, recipe, images, frames, rate_hz=rate, workers=workers)[1]
+        lat = _station_run(det, recipe, images, frames, rate_hz=rate, workers=workers).latencies_ms
         runs["p50_ms"].append(percentile(lat, 50))
         runs["p99_ms"].append(percentile(lat, 99))
     med = {k: statistics.median(v) for k, v in runs.items()}
@@ -496,7 +585,7 @@ def measure_tiles(
             t0 = time.perf_counter()
             det.session.run(outs, {feed: batch})
             runs["bare_ms"].append((time.perf_counter() - t0) * 1e3)
-            runs["station_ms"].append(1e3 / _station_run(det, recipe, folder, frames)[0])
+            runs["station_ms"].append(1e3 / _station_run(det, recipe, folder, frames).fps)
             t0 = time.perf_counter()
             det.predict(frame)
             runs["predict_ms"].append((time.perf_counter() - t0) * 1e3)
@@ -899,6 +988,20 @@ def rows(rep: Report) -> list[Row]:
                 t.vs_naive >= 2.0,
             )
         )
+        ceiling = t.cpu_ceiling_vs_naive
+        if ceiling is not None:
+            cpu = {k: statistics.median(v) for k, v in t.cpu_ms.items()}
+            out.append(
+                Row(
+                    "ceiling vs naive: cores × naive ms per part / station CPU ms per part",
+                    f"station {cpu['pipeline']:.1f} ms CPU per part (bare model {cpu['bare']:.1f}, "
+                    f"naive loop {cpu['naive']:.1f})",
+                    f"{1e3 / t.naive_fps:.1f} ms per part naive, {t.cores} cores",
+                    ceiling,
+                    "— (bounds the row above)",
+                    None,
+                )
+            )
     for lat in rep.latencies:
         target = "≤ 2" if lat.load == 0.5 else "—"
         out.append(
@@ -1022,6 +1125,8 @@ def render_runs(rep: Report) -> str:
     parts: list[tuple[str, dict[str, list[float]]]] = []
     if rep.throughput is not None:
         parts.append(("throughput fps", rep.throughput.runs))
+        if rep.throughput.cpu_ms:
+            parts.append(("CPU ms per part", rep.throughput.cpu_ms))
     parts += [(f"latency {lat.load:.0%} ms", lat.runs) for lat in rep.latencies]
     if rep.tiles is not None:
         parts.append(("tile ms", rep.tiles.runs))
