@@ -8,9 +8,12 @@ What it does, in one run:
 1. builds (or reuses) a store of >= 1,000,000 inspections under ``--data-dir`` (``make_big_store.py``);
 2. issues an API token with role ``mes`` into that store (``qcstation token issue``; revoked at the end), so
    every request is authenticated as an MES client would be;
-3. starts ``qcstation serve --source sample_images --loop`` (demo recipe, ``models/qc-demo.onnx``, one uvicorn
+3. starts ``qcstation serve --source <frames> --loop`` (demo recipe, ``models/qc-demo.onnx``, one uvicorn
    worker, station and API in one process) on a free loopback port over that store; the station appends to
-   it as fast as it can (no ``--rate``), so its rate is its capacity on this machine;
+   it as fast as it can (no ``--rate``), so its rate is its capacity on this machine. The frames are
+   ``sample_images/`` written anew for each server with bytes of their own (``bench.unique_frames``), so the
+   content-addressed archive writes every kept image as it would on a line; ``--replay-samples`` replays
+   ``sample_images/`` itself, as runs before 2026-11-29 20:00 did (repeated bytes are archived once);
 4. runs phases back to back: ``idle`` (no API load), ``single`` (one client, closed loop: each endpoint's
    service time without queueing), ``idle``, then ``unpaced`` (closed loop: every client sends its next
    request as soon as the last one answered, so 50 are in flight), ``idle``, ``paced`` (open loop: each
@@ -47,6 +50,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -63,11 +67,13 @@ import aiohttp
 import httpx
 
 from make_big_store import ensure  # benchmarks/ is on sys.path when this file is run as a script
+from qcstation.station.bench import unique_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 ENDPOINTS = ("list", "list_next", "serial", "one")
 Fetch = Callable[[str, dict[str, Any] | None], Awaitable[tuple[int | str, bytes]]]
+FRAMES_PER_S = 140  # frames written per second of a server's plan: above the station's rate with two workers
 MAX_REQUESTS_PER_CLIENT = 100_000  # a bound on every client loop, besides its deadline
 
 
@@ -281,10 +287,11 @@ class Server:
         threads: int | None,
         *,
         split: bool,
+        source: Path,
         env: dict[str, str] | None = None,
     ) -> None:
         batch = f"BENCH-{time.strftime('%Y%m%d-%H%M%S')}"
-        common = ["--source", "sample_images", "--loop", "--recipe", "recipes/demo.yaml"]
+        common = ["--source", str(source), "--loop", "--recipe", "recipes/demo.yaml"]
         common += ["--data-dir", str(data_dir), "--station", station, "--batch", batch]
         if threads:
             common += ["--threads", str(threads)]
@@ -659,14 +666,24 @@ async def run_server(
     port = args.port or free_port()
     log = args.data_dir / (f"serve-{name}.log" if name != "default" else "serve.log")
     client_kind = env.get("QCBENCH_CLIENT", args.client)
-    server = Server(args.data_dir, args.station, port, log, args.threads, split=args.split, env=env)
+    plan = ["idle"] + ([] if args.no_single else ["single", "idle"])
+    for _ in range(args.repeats):
+        plan += ["unpaced", "idle", "paced", "idle"]
+    frames_dir = args.data_dir / f"frames-{name}"
+    shutil.rmtree(frames_dir, ignore_errors=True)
+    if args.replay_samples or env.get("QCBENCH_REPLAY") == "1":
+        source = ROOT / "sample_images"
+    else:  # frames the archive has never held, enough for the whole plan at FRAMES_PER_S
+        seconds = 30 + args.warmup_s + len(plan) * (args.settle_s + args.phase_s)
+        tag = f"{name}-{time.time_ns()}-"
+        source = unique_frames(ROOT / "sample_images", int(seconds * FRAMES_PER_S), frames_dir, tag=tag)
+    server = Server(
+        args.data_dir, args.station, port, log, args.threads, split=args.split, source=source, env=env
+    )
     print(f"server [{name}]: {server.command}  (load average {loadavg()})", flush=True)
     phases: list[Phase] = []
     try:
         ready_s = await server.wait_ready()
-        plan = ["idle"] + ([] if args.no_single else ["single", "idle"])
-        for _ in range(args.repeats):
-            plan += ["unpaced", "idle", "paced", "idle"]
         if args.warmup_s > 0:  # the station's first parts and the first reads warm caches and the page cache
             await run_phase(
                 "unpaced",
@@ -702,6 +719,7 @@ async def run_server(
             )
     finally:
         server.stop()
+        shutil.rmtree(frames_dir, ignore_errors=True)
     return phases, ready_s, server.command
 
 
@@ -800,6 +818,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument(
         "--split", action="store_true", help="what-if: station (qcstation run) and API in separate processes"
+    )
+    ap.add_argument(
+        "--replay-samples",
+        action="store_true",
+        help="feed the station sample_images/ in a loop (repeated bytes: the archive writes each image "
+        "once); a variant's QCBENCH_REPLAY=1 does it for that variant",
     )
     ap.add_argument("--serve-readonly", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -333,14 +333,15 @@ def _marked(data: bytes, suffix: str, mark: bytes) -> tuple[bytes, str]:
     return _marked(buf.tobytes(), ".png", mark)
 
 
-def unique_frames(images: Path, count: int, dst: Path) -> Path:
+def unique_frames(images: Path, count: int, dst: Path, *, tag: str = "") -> Path:
     """Write ``count`` frames into ``dst``: the folder's images in turn, each with bytes of its own.
 
     A camera never sends the same bytes twice; a folder replayed in a loop does, and the station's
     content-addressed archive stores repeated bytes once, so replayed frames would skip the file writes and
     fsyncs a line pays for every kept image. Each copy carries its frame number in a block decoders skip (a
     PNG tEXt chunk, a JPEG comment), so its pixels, and the verdict, are the original's; other formats are
-    re-encoded as PNG first.
+    re-encoded as PNG first. ``tag`` goes into every mark, so that frames made for another run over the same
+    archive differ from these too.
 
     Returns:
         ``dst``.
@@ -351,7 +352,7 @@ def unique_frames(images: Path, count: int, dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         src = files[i % len(files)]
-        data, ext = _marked(src.read_bytes(), src.suffix.lower(), str(i).encode())
+        data, ext = _marked(src.read_bytes(), src.suffix.lower(), f"{tag}{i}".encode())
         (dst / f"f{i:06d}_{src.stem}{ext}").write_bytes(data)
     return dst
 
