@@ -977,7 +977,10 @@ def train(
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the initial weights and augmentation")] = 0,
+    split_seed: Annotated[
+        int, typer.Option("--split-seed", help="seed of the validation carve-out (the same for every --seed)")
+    ] = 0,
     evaluate_split: Annotated[
         str, typer.Option("--evaluate", help="split to report on after training, or none")
     ] = ("test"),
@@ -1031,6 +1034,7 @@ def train(
             epochs=epochs,
             time_budget_min=time_budget,
             seed=seed,
+            split_seed=split_seed,
             evaluate_split=None if evaluate_split == "none" else evaluate_split,
             augment=augment,
             work_dir=work_dir,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -356,3 +357,41 @@ def test_train_main_on_a_tiny_mask_folders_dataset(tmp_path: Path) -> None:
         assert summary["model"] == result["model"] == str(out)
         image = MaskFoldersReader.open(root).load()[0].image
         assert 0.0 <= det.inspect(image).image_score <= 1.0
+
+
+def test_the_validation_carve_out_follows_split_seed_and_a_resume_must_keep_it(tmp_path: Path) -> None:
+    from qcstation.training.api import VALIDATION_LIST, train_main
+    from qcstation.training.errors import DatasetError
+
+    root = make_spots_dataset(tmp_path / "data")
+
+    def train(name: str, **kw: Any) -> tuple[str, str]:
+        train_main(
+            root,
+            tmp_path / f"{name}.onnx",
+            epochs=1,
+            size=32,
+            width=8,
+            batch_size=4,
+            val_fraction=0.4,  # type: ignore[arg-type]
+            num_threads=1,
+            work_dir=tmp_path / name,
+            evaluate_split=None,
+            **kw,
+        )
+        listed = (tmp_path / name / "checkpoints" / VALIDATION_LIST).read_text()
+        card = Detector.from_path(tmp_path / f"{name}.onnx").card
+        return listed, card.provenance["split"]["validation_sha256"]
+
+    # when two runs differ in their seed only
+    a, a_sha = train("a", seed=1)
+    b, b_sha = train("b", seed=2)
+    # then they held out the same images, listed beside the checkpoints and hashed into the card
+    assert a == b and a_sha == b_sha
+    assert len(a.splitlines()) >= 2 and all(line.startswith("MT_") for line in a.splitlines())
+    # and another split seed holds out other images
+    c, c_sha = train("c", seed=1, split_seed=5)
+    assert c != a and c_sha != a_sha
+    # and resuming run a with that other split is refused, naming the reason
+    with pytest.raises(DatasetError, match=r"cannot resume .* other validation images"):
+        train("d", seed=1, split_seed=5, resume=tmp_path / "a")

@@ -87,6 +87,36 @@ def files_sha256(paths: Sequence[Path], root: Path) -> str:
     return h.hexdigest()
 
 
+VALIDATION_LIST = "validation.txt"
+"""The held-out images of a run, one path per line relative to the dataset, beside its checkpoints."""
+
+
+def _check_held_out(held_out: Sequence[str], checkpoints: Path, resume: str | Path | None) -> str:
+    """Write the run's held-out images beside its checkpoints; a resumed run must hold out the same ones.
+
+    Returns:
+        sha256 of the list (the card's ``validation_sha256``).
+
+    Raises:
+        DatasetError: ``resume`` names a run that held out other images (another dataset, ``split_seed`` or
+            ``val_fraction``): its checkpoint was chosen and would be calibrated on other parts.
+    """
+    text = "".join(f"{p}\n" for p in held_out)
+    if resume is not None:
+        before = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        listed = before / VALIDATION_LIST
+        if listed.is_file() and listed.read_text(encoding="utf-8") != text:
+            old = set(listed.read_text(encoding="utf-8").splitlines())
+            raise DatasetError(
+                f"cannot resume {before}: it held out {len(old)} other validation images than this run would "
+                f"({len(old - set(held_out))} differ); resume with the dataset, --split-seed and validation "
+                "share it was started with"
+            )
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    (checkpoints / VALIDATION_LIST).write_text(text, encoding="utf-8")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _open(dataset: str | Path, layout: str | None, merge: str | None) -> DatasetReader:
     # any layout (given, from dataset.yaml, or detected): see qcstation.training.layouts
     return open_dataset(resolve_dataset(dataset), layout=layout, merge=merge)
@@ -179,6 +209,7 @@ def train_main(
     val_fraction: float = 0.2,
     target_false_reject: float = 0.02,
     seed: int = 0,
+    split_seed: int = 0,
     num_threads: int | None = None,
     work_dir: str | Path | None = None,
     evaluate_split: str | None = "test",
@@ -207,7 +238,11 @@ def train_main(
         lr: peak learning rate.
         val_fraction: share of the training side's groups held out for validation and calibration.
         target_false_reject: calibration target on good validation images.
-        seed: seed of the validation split, the initial weights and augmentation.
+        seed: seed of the initial weights, the sampling and augmentation.
+        split_seed: seed of the validation carve-out (and of good-only mode's synthetic validation defects),
+            apart from ``seed`` so that runs on several seeds are compared and calibrated on the same held-out
+            parts. The held-out images are listed in ``<work_dir>/checkpoints/validation.txt``, and their
+            hash goes into the card.
         num_threads: torch CPU threads (None: all cores).
         work_dir: checkpoints, log.csv and the evaluation report (default: a new temporary folder).
         evaluate_split: split side to evaluate the exported model on (None: skip).
@@ -238,7 +273,9 @@ def train_main(
         train_side = [s for s in train_side if s.source_class == "good"]
     if not train_side:
         raise DatasetError(f"{reader.root}: no training images" + (" on the train side" if has_split else ""))
-    tr_idx, va_idx = split_by_group([s.sample for s in train_side], val_fraction, seed)
+    tr_idx, va_idx = split_by_group([s.sample for s in train_side], val_fraction, split_seed)
+    held_out = sorted(train_side[i].sample.image.relative_to(reader.root).as_posix() for i in va_idx)
+    held_out_sha = _check_held_out(held_out, work / "checkpoints", resume)
     used = [s for s in loaded if mode != "good_only" or s.source_class == "good" or s.split != "train"]
     side = {s.sample.image: (s.split or "train") for s in used}
     side.update({train_side[i].sample.image: "val" for i in va_idx})
@@ -246,7 +283,7 @@ def train_main(
     train_pool = _pool([train_side[i] for i in tr_idx])
     val_pool = _pool([train_side[i] for i in va_idx])
     if mode == "good_only":
-        val_pool = synthetic_validation(val_pool, seed + 1)
+        val_pool = synthetic_validation(val_pool, split_seed + 1)
     recipe = dict(SUPERVISED_RECIPE) if mode == "supervised" else {}
     if time_budget_min is not None:
         recipe["time_budget_min"] = time_budget_min
@@ -308,7 +345,8 @@ def train_main(
                 if split_file.is_file()
                 else None,
                 "train_side_images": len(train_side),
-                "validation": f"{val_fraction:.0%} of the training side's groups, seed {seed}",
+                "validation": f"{val_fraction:.0%} of the training side's groups, seed {split_seed}",
+                "validation_sha256": held_out_sha,
                 "train": len(tr_idx),
                 "val": len(va_idx),
                 "skipped": len(reader.problems),
