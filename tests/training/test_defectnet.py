@@ -326,25 +326,19 @@ def make_spots_dataset(root: Path, size: int = 40) -> Path:
     return root
 
 
-def test_train_main_on_a_tiny_mask_folders_dataset(tmp_path: Path) -> None:
+def train_tiny(root: Path, out: Path, work_dir: Path, **kw: Any) -> dict[str, Any]:
+    """``train_main`` for one epoch of a tiny network at 32 px on one thread (a test's few seconds)."""
     from qcstation.training.api import train_main
 
+    tiny: dict[str, Any] = {"epochs": 1, "size": 32, "width": 8, "batch_size": 4, "val_fraction": 0.4}
+    return train_main(root, out, num_threads=1, work_dir=work_dir, **tiny, **kw)
+
+
+def test_train_main_on_a_tiny_mask_folders_dataset(tmp_path: Path) -> None:
     root = make_spots_dataset(tmp_path / "data")
     for mode in ("supervised", "good_only"):
         out = tmp_path / f"{mode}.onnx"
-        result = train_main(
-            root,
-            out,
-            mode=mode,
-            epochs=1,
-            size=32,
-            width=8,
-            batch_size=4,
-            val_fraction=0.4,  # type: ignore[arg-type]
-            seed=1,
-            num_threads=1,
-            work_dir=tmp_path / mode,
-        )
+        result = train_tiny(root, out, tmp_path / mode, mode=mode, seed=1)
         det = Detector.from_path(out)
         prov = det.card.provenance
         assert len(prov["dataset_sha256"]) == 64 and prov["split"]["file"] == "split.json"
@@ -360,25 +354,13 @@ def test_train_main_on_a_tiny_mask_folders_dataset(tmp_path: Path) -> None:
 
 
 def test_the_validation_carve_out_follows_split_seed_and_a_resume_must_keep_it(tmp_path: Path) -> None:
-    from qcstation.training.api import VALIDATION_LIST, train_main
+    from qcstation.training.api import VALIDATION_LIST
     from qcstation.training.errors import DatasetError
 
     root = make_spots_dataset(tmp_path / "data")
 
     def train(name: str, **kw: Any) -> tuple[str, str]:
-        train_main(
-            root,
-            tmp_path / f"{name}.onnx",
-            epochs=1,
-            size=32,
-            width=8,
-            batch_size=4,
-            val_fraction=0.4,  # type: ignore[arg-type]
-            num_threads=1,
-            work_dir=tmp_path / name,
-            evaluate_split=None,
-            **kw,
-        )
+        train_tiny(root, tmp_path / f"{name}.onnx", tmp_path / name, evaluate_split=None, **kw)
         listed = (tmp_path / name / "checkpoints" / VALIDATION_LIST).read_text()
         card = Detector.from_path(tmp_path / f"{name}.onnx").card
         return listed, card.provenance["split"]["validation_sha256"]
