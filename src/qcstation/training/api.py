@@ -108,9 +108,9 @@ def _check_held_out(held_out: Sequence[str], checkpoints: Path, resume: str | Pa
         if listed.is_file() and listed.read_text(encoding="utf-8") != text:
             old = set(listed.read_text(encoding="utf-8").splitlines())
             raise DatasetError(
-                f"cannot resume {before}: it held out {len(old)} other validation images than this run would "
-                f"({len(old - set(held_out))} differ); resume with the dataset, --split-seed and validation "
-                "share it was started with"
+                f"cannot resume {before}: it held out other validation images than this run would "
+                f"({len(old - set(held_out))} of its {len(old)} are not held out now); resume with the "
+                "dataset, --split-seed and validation share it was started with"
             )
     checkpoints.mkdir(parents=True, exist_ok=True)
     (checkpoints / VALIDATION_LIST).write_text(text, encoding="utf-8")
