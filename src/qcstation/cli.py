@@ -1067,6 +1067,54 @@ def evaluate(
     out.print(f"report: {result['report']}", highlight=False)
 
 
+@app.command("calibrate")
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="the .onnx model")],
+    dataset: Annotated[
+        str,
+        typer.Argument(help="good parts from the line: any dataset layout or a plain folder of images"),
+    ],
+    target: Annotated[
+        float, typer.Option("--target-frr", help="share of good parts the line may reject, e.g. 0.02")
+    ] = 0.02,
+    split: Annotated[str, typer.Option("--split", help="split.json side, or all")] = "all",
+    confidence: Annotated[float, typer.Option("--confidence", help="of the false-reject upper bound")] = 0.95,
+    write: Annotated[
+        Path | None, typer.Option("--out", help="write the recipe fragment (YAML) to this file")
+    ] = None,
+) -> None:
+    """Thresholds for a false-reject target, set on the line's own good parts, with an honest upper bound."""
+    from qcstation.station.errors import ConfigError
+
+    _training("calibrate")
+    from qcstation.training.recalibrate import recalibrate_main
+
+    try:
+        result = recalibrate_main(
+            model,
+            dataset,
+            split=None if split == "all" else split,
+            target_false_reject=target,
+            confidence=confidence,
+        )
+    except _training_errors() as e:
+        raise ConfigError(str(e)) from e
+    for p in result["problems"]:
+        err.print(f"skipped {p['file']}: {p['reason']}", highlight=False)
+    for w in result["warnings"]:
+        err.print(f"warning: {w}", highlight=False)
+    shown = {k: v for k, v in result.items() if k != "recipe"}
+    sys.stdout.write(json.dumps(shown, default=str, indent=2) + "\n")
+    if write is not None:
+        try:
+            write.write_text(result["recipe"], encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot write {write}: {e}") from e
+        out.print(f"recipe fragment: {write}", highlight=False)
+    else:
+        sys.stdout.write(result["recipe"])
+
+
 @dataset_app.command("info")
 def dataset_info_cmd(
     dataset: Annotated[str, typer.Argument(help="dataset folder (or a name under $QCSTATION_DATASETS)")],
