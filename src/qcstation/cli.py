@@ -1079,6 +1079,9 @@ def calibrate(
     ] = 0.02,
     split: Annotated[str, typer.Option("--split", help="split.json side, or all")] = "all",
     confidence: Annotated[float, typer.Option("--confidence", help="of the false-reject upper bound")] = 0.95,
+    min_threshold: Annotated[
+        float, typer.Option("--min-threshold", help="no threshold below this, where good parts never score")
+    ] = 0.3,
     write: Annotated[
         Path | None, typer.Option("--out", help="write the recipe fragment (YAML) to this file")
     ] = None,
@@ -1096,6 +1099,7 @@ def calibrate(
             split=None if split == "all" else split,
             target_false_reject=target,
             confidence=confidence,
+            min_threshold=min_threshold,
         )
     except _training_errors() as e:
         raise ConfigError(str(e)) from e

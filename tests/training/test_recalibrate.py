@@ -107,6 +107,24 @@ def test_labelled_defects_give_the_recall_and_do_not_move_the_thresholds(
     assert both["card"]["recall"] is not None and "thresholds" in both["card"]
 
 
+def test_a_class_no_good_part_scores_on_keeps_a_floor_not_a_threshold_near_zero(
+    tmp_path: Path, make_model: ModelFactory
+) -> None:
+    # given good parts with no dark speck at all: the "dark" class scores ~0 on every one
+    model = make_model(classes=("good", "dark"))
+    (tmp_path / "clean").mkdir()
+    for i in range(20):
+        assert cv2.imwrite(str(tmp_path / "clean" / f"p{i}.png"), np.full((64, 64), 230 - i, np.uint8))
+    top = max(Detector.from_path(model).inspect(np.full((64, 64), 211, np.uint8)).class_scores.values())
+    assert top < 0.01
+    # when calibrated, the threshold is the floor, not "just above the best good score" (that would fail parts
+    # on noise no good part happened to show); a floor of one's own is taken as given
+    assert recalibrate_main(model, tmp_path / "clean")["thresholds"] == {"dark": 0.3}
+    assert recalibrate_main(model, tmp_path / "clean", min_threshold=0.05)["thresholds"] == {"dark": 0.05}
+    with pytest.raises(TrainingError, match="minimum threshold"):
+        recalibrate_main(model, tmp_path / "clean", min_threshold=0.0)
+
+
 def test_the_upper_bound_is_clopper_pearson() -> None:
     assert frr_upper_bound(0, 100) == pytest.approx(1 - 0.05 ** (1 / 100))  # no reject: the "rule of 3"
     assert frr_upper_bound(100, 100) == 1.0

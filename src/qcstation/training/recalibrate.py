@@ -29,6 +29,7 @@ from scipy.stats import beta
 
 from qcstation.inspect.detector import Detector
 from qcstation.inspect.metrics import threshold_at_frr
+from qcstation.training.calibrate import CLIP
 from qcstation.training.errors import DatasetError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def recalibrate_main(
     split: str | None = None,
     target_false_reject: float = 0.02,
     confidence: float = 0.95,
+    min_threshold: float = CLIP[0],
 ) -> dict[str, Any]:
     """Score a dataset's parts as the station does and choose per-class thresholds for a false-reject target.
 
@@ -103,6 +105,9 @@ def recalibrate_main(
         split: only this side of the dataset's split (None: every image).
         target_false_reject: the share of good parts the line may reject, in (0, 0.5].
         confidence: of the reported upper bound on the false-reject rate, in (0, 1).
+        min_threshold: no threshold goes below this (default 0.3, as in training's calibration): where good
+            parts never score on a class, the lowest threshold that rejects none of them would be near 0,
+            and the line would fail parts on noise no good part happened to show.
 
     Returns:
         ``thresholds`` (class -> threshold), ``recipe`` (the recipe fragment as YAML text), the counts, the
@@ -120,6 +125,8 @@ def recalibrate_main(
         raise TrainingError(f"expected a false-reject target in (0, 0.5], got {target_false_reject}")
     if not 0.0 < confidence < 1.0:
         raise TrainingError(f"expected a confidence in (0, 1), got {confidence}")
+    if not 0.0 < min_threshold <= 1.0:
+        raise TrainingError(f"expected a minimum threshold in (0, 1], got {min_threshold}")
     det = Detector.from_path(model)
     classes = list(det.card.defect_classes)
     reader = open_dataset(resolve_dataset(dataset))
@@ -140,7 +147,7 @@ def recalibrate_main(
     per_class = target_false_reject / len(classes)
     # rounded up to 6 decimals for the recipe: up, so it rejects no more good parts than chosen
     thresholds = {
-        c: min(1.0, math.ceil(threshold_at_frr(good[:, k], per_class) * 1e6) / 1e6)
+        c: min(1.0, max(min_threshold, math.ceil(threshold_at_frr(good[:, k], per_class) * 1e6) / 1e6))
         for k, c in enumerate(classes)
     }
     rejected, recall = _rates(scores, defective, classes, thresholds)
@@ -179,6 +186,7 @@ def recalibrate_main(
         "defective_images": int(defective.sum()),
         "target_false_reject": target_false_reject,
         "confidence": confidence,
+        "min_threshold": min_threshold,
         "thresholds": thresholds,
         "false_rejects": rejected,
         "false_reject_rate": round(rejected / n, 6),
