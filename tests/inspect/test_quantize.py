@@ -49,7 +49,7 @@ def test_quantized_model_loads_with_its_card_and_provenance(
     )
     q = after.provenance["quantization"]
     assert q["format"] == "QDQ"
-    assert q["weights"] == "int8, per-channel"
+    assert q["weights"] == "int8 (7-bit range), per-channel"
     assert q["calibration"] == {"method": "MinMax", "frames": 12, "data": "test frames"}
     assert q["from_sha256"] == Detector.from_path(fp32).info.sha256
     assert after.provenance["dataset"] == before.provenance["dataset"]
@@ -72,3 +72,24 @@ def test_quantized_outputs_are_close_to_fp32(make_model: ModelFactory, tmp_path:
         assert [r.class_name for r in fp32.inspect(frame).regions] == [
             r.class_name for r in int8.inspect(frame).regions
         ]
+
+
+def test_weights_use_seven_bits_so_cpus_without_vnni_do_not_saturate(
+    make_model: ModelFactory, tmp_path: Path
+) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    # given a model quantized with the default and one with full-range weights
+    fp32 = make_model("fp32.onnx", gain=60.0)
+    seven = quantize_model(fp32, tmp_path / "seven.onnx", _frames(12))
+    full = quantize_model(fp32, tmp_path / "full.onnx", _frames(12), reduce_range=False)
+
+    def int8_weights(path: Path) -> np.ndarray:
+        inits = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer]
+        return np.concatenate([w.ravel() for w in inits if w.dtype == np.int8 and w.size > 1])
+
+    # then the default's int8 weights stay within 7 bits, where the full-range ones reach 127
+    assert np.abs(int8_weights(seven.path).astype(int)).max() <= 64
+    assert np.abs(int8_weights(full.path).astype(int)).max() == 127
+    assert Detector.from_path(full.path).card.provenance["quantization"]["weights"] == "int8, per-channel"
