@@ -1082,6 +1082,10 @@ def calibrate(
     min_threshold: Annotated[
         float, typer.Option("--min-threshold", help="no threshold below this, where good parts never score")
     ] = 0.3,
+    recipe: Annotated[
+        Path | None,
+        typer.Option("--recipe", help="apply this recipe's roi and ignore areas"),
+    ] = None,
     write: Annotated[
         Path | None, typer.Option("--out", help="write the recipe fragment (YAML) to this file")
     ] = None,
@@ -1100,6 +1104,7 @@ def calibrate(
             target_false_reject=target,
             confidence=confidence,
             min_threshold=min_threshold,
+            recipe=recipe,
         )
     except _training_errors() as e:
         raise ConfigError(str(e)) from e

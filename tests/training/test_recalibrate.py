@@ -125,6 +125,24 @@ def test_a_class_no_good_part_scores_on_keeps_a_floor_not_a_threshold_near_zero(
         recalibrate_main(model, tmp_path / "clean", min_threshold=0.0)
 
 
+def test_a_recipe_s_ignore_area_is_left_out_as_the_station_leaves_it(
+    tmp_path: Path, make_model: ModelFactory
+) -> None:
+    # given good parts whose dark specks all lie in an area the product's recipe ignores
+    model = make_model(classes=("good", "dark"))
+    _good_parts(tmp_path / "good", 40)
+    recipe = tmp_path / "recipe.yaml"
+    area = [[0.4, 0.25], [0.6, 0.25], [0.6, 0.45], [0.4, 0.45]]  # the specks sit at x 0.47-0.56, y 0.31-0.41
+    recipe.write_text(yaml.safe_dump({"product": "p", "model": str(model), "ignore": [area]}))
+    # when calibrated with and without the recipe
+    plain = recalibrate_main(model, tmp_path / "good", target_false_reject=0.05)
+    masked = recalibrate_main(model, tmp_path / "good", target_false_reject=0.05, recipe=recipe)
+    # then without it the specks set the threshold; with it nothing scores, and the floor is left
+    assert plain["false_rejects"] == 2 and plain["thresholds"]["dark"] > 0.3
+    assert masked["thresholds"] == {"dark": 0.3} and masked["false_rejects"] == 0
+    assert masked["recipe_file"] == str(recipe)
+
+
 def test_the_upper_bound_is_clopper_pearson() -> None:
     assert frr_upper_bound(0, 100) == pytest.approx(1 - 0.05 ** (1 / 100))  # no reject: the "rule of 3"
     assert frr_upper_bound(100, 100) == 1.0

@@ -94,6 +94,7 @@ def recalibrate_main(
     target_false_reject: float = 0.02,
     confidence: float = 0.95,
     min_threshold: float = CLIP[0],
+    recipe: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score a dataset's parts as the station does and choose per-class thresholds for a false-reject target.
 
@@ -108,6 +109,8 @@ def recalibrate_main(
         min_threshold: no threshold goes below this (default 0.3, as in training's calibration): where good
             parts never score on a class, the lowest threshold that rejects none of them would be near 0,
             and the line would fail parts on noise no good part happened to show.
+        recipe: the product's recipe: its ``roi`` and ``ignore`` areas are applied as the station applies
+            them (without it the whole frame is scored). Its model should be ``model``.
 
     Returns:
         ``thresholds`` (class -> threshold), ``recipe`` (the recipe fragment as YAML text), the counts, the
@@ -117,6 +120,7 @@ def recalibrate_main(
     Raises:
         TrainingError: the target or confidence is out of range.
         DatasetError: the dataset cannot be read, or it has no readable good image on that side.
+        RecipeError: ``recipe`` cannot be read or is invalid.
     """
     from qcstation.training.api import resolve_dataset
     from qcstation.training.layouts import open_dataset
@@ -129,6 +133,15 @@ def recalibrate_main(
         raise TrainingError(f"expected a minimum threshold in (0, 1], got {min_threshold}")
     det = Detector.from_path(model)
     classes = list(det.card.defect_classes)
+    roi: list[Any] = []
+    ignore: list[Any] = []
+    if recipe is not None:
+        from qcstation.station.recipe import load_recipe
+
+        rec = load_recipe(recipe)
+        roi, ignore = list(rec.recipe.roi), list(rec.recipe.ignore)
+        if rec.model_path.resolve() != Path(model).resolve():
+            log.warning("recipe %s names model %s, calibrating %s", recipe, rec.model_path, model)
     reader = open_dataset(resolve_dataset(dataset))
     samples = [s for s in reader.samples() if split is None or reader.split_of(s) == split]
     loaded = reader.load(None, samples)
@@ -140,7 +153,11 @@ def recalibrate_main(
             + " to calibrate on"
         )
     scores = np.array(
-        [[det.inspect(s.image).class_scores.get(c, 0.0) for c in classes] for s in loaded], np.float64
+        [
+            [det.inspect(s.image, roi=roi, ignore=ignore).class_scores.get(c, 0.0) for c in classes]
+            for s in loaded
+        ],
+        np.float64,
     )
     good = scores[~defective]
     n = int(good.shape[0])
@@ -167,7 +184,7 @@ def recalibrate_main(
             f"about {needed} good parts bring it within 2 x {target_false_reject:.1%}"
         )
     if any(t >= 1.0 for t in thresholds.values()):
-        warnings.append("a good part scored 1.0: no threshold passes it; look at that part")
+        warnings.append("a good part scored 1.0 on a class: even threshold 1.0 rejects it; look at that part")
     header = (
         f"# qcstation calibrate, {datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC: model {det.card.name} "
         f"(sha256 {det.info.sha256[:12]}), {n} good parts of {reader.root}"
@@ -187,6 +204,7 @@ def recalibrate_main(
         "target_false_reject": target_false_reject,
         "confidence": confidence,
         "min_threshold": min_threshold,
+        "recipe_file": None if recipe is None else str(recipe),
         "thresholds": thresholds,
         "false_rejects": rejected,
         "false_reject_rate": round(rejected / n, 6),
