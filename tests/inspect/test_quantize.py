@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from model_factory import ModelFactory, part_image
 from qcstation.inspect import Detector
@@ -93,3 +95,38 @@ def test_weights_use_seven_bits_so_cpus_without_vnni_do_not_saturate(
     assert np.abs(int8_weights(seven.path).astype(int)).max() <= 64
     assert np.abs(int8_weights(full.path).astype(int)).max() == 127
     assert Detector.from_path(full.path).card.provenance["quantization"]["weights"] == "int8, per-channel"
+
+
+def test_a_full_range_int8_model_warns_where_the_cpu_has_avx2_without_vnni(
+    make_model: ModelFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from qcstation.inspect import detector as detector_module
+    from qcstation.inspect.detector import int8_saturation_risk
+
+    # given an FP32 model, its INT8 copy with full-range weights (as made before 7 bits became the default)
+    # and one with the default 7-bit weights
+    fp32 = make_model("fp32.onnx")
+    full = quantize_model(fp32, tmp_path / "full.onnx", _frames(12), reduce_range=False)
+    seven = quantize_model(fp32, tmp_path / "seven.onnx", _frames(12))
+    avx2 = frozenset({"sse4_2", "fma", "avx2"})
+    vnni = avx2 | {"avx512f", "avx512_vnni"}
+
+    # then only full-range weights on an AVX2 CPU without VNNI are a risk
+    risk = int8_saturation_risk(full.card, avx2)
+    assert risk is not None and "qcstation export --int8" in risk
+    assert int8_saturation_risk(full.card, vnni) is None
+    assert int8_saturation_risk(full.card, avx2 | {"avx_vnni"}) is None
+    assert int8_saturation_risk(full.card, None) is None  # not an x86 Linux: nothing known
+    assert int8_saturation_risk(seven.card, avx2) is None
+    assert int8_saturation_risk(Detector.from_path(fp32).card, avx2) is None
+
+    # and the detector says so when it loads on such a CPU, for that model only
+    monkeypatch.setattr(detector_module, "cpu_flags", lambda: avx2)
+    with caplog.at_level(logging.WARNING, logger="qcstation.inspect.detector"):
+        Detector.from_path(full.path)
+        Detector.from_path(seven.path)
+    warned = [r.getMessage() for r in caplog.records if "full-range int8 weights" in r.getMessage()]
+    assert len(warned) == 1 and "full.onnx" in warned[0]
