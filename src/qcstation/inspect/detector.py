@@ -49,7 +49,7 @@ def int8_saturation_risk(card: ModelCard, flags: frozenset[str] | None) -> str |
     onnxruntime's uint8 x int8 kernels on x86 CPUs with AVX2 but without VNNI: the demo model lost 0.039
     image AUROC on one (docs/PERFORMANCE.md).
     """
-    q = card.provenance.get("quantization") if isinstance(card.provenance, Mapping) else None
+    q = card.provenance.get("quantization")
     if not isinstance(q, Mapping) or "7-bit" in str(q.get("weights", "")):
         return None
     if flags is None or "avx2" not in flags or flags & {"avx512_vnni", "avx_vnni"}:

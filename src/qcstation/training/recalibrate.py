@@ -29,7 +29,7 @@ from scipy.stats import beta
 
 from qcstation.inspect.detector import Detector
 from qcstation.inspect.metrics import threshold_at_frr
-from qcstation.training.calibrate import CLIP
+from qcstation.training.calibrate import CLIP, decide
 from qcstation.training.errors import DatasetError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,12 @@ def good_parts_needed(target: float, confidence: float = 0.95) -> int:
 def _rates(
     scores: np.ndarray, defective: np.ndarray, classes: Sequence[str], thresholds: Mapping[str, float]
 ) -> tuple[int, float | None]:
-    """(good parts rejected, recall on defective parts or None) with these per-class thresholds."""
-    thr = np.array([thresholds[c] for c in classes], np.float64)
-    reject = np.asarray((scores >= thr).any(axis=1), bool)
+    """(good parts rejected, recall on defective parts or None) with these per-class thresholds.
+
+    ``scores`` is N x C per-class scores, column 0 for ``classes[0]`` (good), as training's calibration
+    takes them: the reject rule is its :func:`~qcstation.training.calibrate.decide`.
+    """
+    reject = decide(scores, classes, thresholds)
     recall = float(reject[defective].mean()) if defective.any() else None
     return int(reject[~defective].sum()), recall
 
@@ -152,14 +155,15 @@ def recalibrate_main(
             + (f" on split side {split!r}" if split is not None else "")
             + " to calibrate on"
         )
+    # N x C, column 0 (good) unused: the layout training's calibration and its reject rule take
     scores = np.array(
         [
-            [det.inspect(s.image, roi=roi, ignore=ignore).class_scores.get(c, 0.0) for c in classes]
+            [0.0, *(det.inspect(s.image, roi=roi, ignore=ignore).class_scores.get(c, 0.0) for c in classes)]
             for s in loaded
         ],
         np.float64,
     )
-    good = scores[~defective]
+    good = scores[~defective, 1:]
     n = int(good.shape[0])
     per_class = target_false_reject / len(classes)
     # rounded up to 6 decimals for the recipe: up, so it rejects no more good parts than chosen
@@ -167,9 +171,10 @@ def recalibrate_main(
         c: min(1.0, max(min_threshold, math.ceil(threshold_at_frr(good[:, k], per_class) * 1e6) / 1e6))
         for k, c in enumerate(classes)
     }
-    rejected, recall = _rates(scores, defective, classes, thresholds)
+    rejected, recall = _rates(scores, defective, det.card.classes, thresholds)
     card = det.thresholds()
-    card_rejected, card_recall = _rates(scores, defective, classes, card)
+    card_rejected, card_recall = _rates(scores, defective, det.card.classes, card)
+    bound = frr_upper_bound(rejected, n, confidence)
     warnings: list[str] = []
     if math.floor(per_class * n + 1e-9) == 0:
         warnings.append(
@@ -180,7 +185,7 @@ def recalibrate_main(
     if n < needed:
         warnings.append(
             f"with {n} good parts the false-reject rate may be up to "
-            f"{frr_upper_bound(rejected, n, confidence):.1%} ({confidence:.0%} upper bound); "
+            f"{bound:.1%} ({confidence:.0%} upper bound); "
             f"about {needed} good parts bring it within 2 x {target_false_reject:.1%}"
         )
     if any(t >= 1.0 for t in thresholds.values()):
@@ -190,7 +195,7 @@ def recalibrate_main(
         f"(sha256 {det.info.sha256[:12]}), {n} good parts of {reader.root}"
         + (f" ({split})" if split is not None else "")
         + f",\n# target {target_false_reject:.1%} false rejects: {rejected} rejected "
-        f"({rejected / n:.2%}), {confidence:.0%} upper bound {frr_upper_bound(rejected, n, confidence):.2%}."
+        f"({rejected / n:.2%}), {confidence:.0%} upper bound {bound:.2%}."
         "\n# Merge into the recipe's classes (a recipe threshold overrides the card's).\n"
     )
     fragment = {"classes": {c: {"threshold": thresholds[c]} for c in classes}}
@@ -208,7 +213,7 @@ def recalibrate_main(
         "thresholds": thresholds,
         "false_rejects": rejected,
         "false_reject_rate": round(rejected / n, 6),
-        "false_reject_upper_bound": round(frr_upper_bound(rejected, n, confidence), 6),
+        "false_reject_upper_bound": round(bound, 6),
         "recall": None if recall is None else round(recall, 6),
         "card": {
             "thresholds": card,
