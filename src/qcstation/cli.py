@@ -1118,7 +1118,8 @@ def calibrate(
         try:
             write.write_text(result["recipe"], encoding="utf-8")
         except OSError as e:
-            raise ConfigError(f"cannot write {write}: {e}") from e
+            sys.stdout.write(result["recipe"])  # the calibration is not lost with the file
+            raise ConfigError(f"cannot write {write}: {e}; the recipe fragment is on stdout") from e
         out.print(f"recipe fragment: {write}", highlight=False)
     else:
         sys.stdout.write(result["recipe"])

@@ -191,3 +191,11 @@ def test_the_command_writes_the_recipe_fragment_and_names_unreadable_files(
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "nowhere" in bad.stderr and "Traceback" not in bad.stderr
+    unwritable = subprocess.run(
+        [sys.executable, "-m", "qcstation.cli", "calibrate", str(model), str(tmp_path / "good"),
+         "--target-frr", "0.05", "--out", str(tmp_path / "no" / "such" / "frag.yaml")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    # a file that cannot be written loses nothing: the fragment goes to stdout, and the exit says why
+    assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr
+    assert yaml.safe_load(unwritable.stdout[unwritable.stdout.rindex("# qcstation calibrate") :]) == frag
