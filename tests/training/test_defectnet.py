@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -23,23 +26,25 @@ from qcstation.training.defectnet import (
     Pool,
     StationModel,
     box_mean,
+    group_folds,
     load_snapshot,
     predict_pool,
     synthetic_validation,
     train_defect_net,
 )
+from qcstation.training.errors import TrainingError
 from qcstation.training.export import export_onnx
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
 
 
-def tiny_pool(n: int, size: int, seed: int) -> Pool:
+def tiny_pool(n: int, size: int, seed: int, defective: Callable[[int], bool] = lambda k: k % 2 == 1) -> Pool:
     rng = np.random.default_rng(seed)
     images, masks = [], []
     for k in range(n):
         img = np.clip(rng.normal(150, 8, (size, size)), 0, 255).astype(np.uint8)
         mask = np.zeros((size, size), np.uint8)
-        if k % 2:
+        if defective(k):
             y, x = rng.integers(6, size - 6, 2)
             img[y - 3 : y + 3, x - 3 : x + 3] = 40
             mask[y - 3 : y + 3, x - 3 : x + 3] = 1
@@ -150,6 +155,62 @@ def test_two_members_train_in_parallel_and_export_as_one_graph(tmp_path: Path) -
     assert export_onnx(model, card, tmp_path / "tiny.onnx").max_abs_diff < 1e-4
     det = Detector.from_path(tmp_path / "tiny.onnx")
     assert det.inspect(val.images[0]).image_score == pytest.approx(float(heads[0, 1]), abs=1e-4)
+
+
+def grouped_pool(parts: int, size: int, seed: int) -> Pool:
+    """``parts`` physical parts photographed three times each; every other part defective."""
+    pool = tiny_pool(parts * 3, size, seed, defective=lambda k: (k // 3) % 2 == 1)
+    pool.groups = [f"part{k // 3}" for k in range(parts * 3)]
+    return pool
+
+
+def test_group_folds_keep_a_part_in_one_fold_and_defects_in_every_fold() -> None:
+    pool = grouped_pool(10, 16, 0)
+    folds = group_folds(pool, 3, seed=4)
+    assert sorted(i for f in folds for i in f) == list(range(30))
+    for f in folds:
+        groups = {pool.groups[i] for i in f}
+        assert all(pool.groups[j] not in groups for g in folds if g is not f for j in g)
+        assert set(pool.labels()[f]) == {0, 1}
+    assert group_folds(pool, 3, seed=4) == folds and group_folds(pool, 3, seed=5) != folds
+    with pytest.raises(TrainingError, match="5 defective and 5 good"):
+        group_folds(pool, 6, seed=0)
+    with pytest.raises(TrainingError, match="at least 2 folds"):
+        group_folds(pool, 1, seed=0)
+
+
+def test_cross_fitted_members_each_hold_out_a_fold_and_score_it_out_of_fold(tmp_path: Path) -> None:
+    train = grouped_pool(10, 32, 0)
+    config = DefectTrainConfig(
+        classes=("good", "defect"),
+        width=8,
+        depth=2,
+        size=32,
+        batch_size=4,
+        max_epochs=1,
+        members=2,
+        folds=3,
+        split_seed=1,
+        num_threads=2,
+    )
+    empty = Pool([], [])
+    fit = train_defect_net(train, empty, config, tmp_path / "ckpt")
+    folds = group_folds(train, 3, seed=1)
+    oof = fit.out_of_fold
+    assert oof is not None and isinstance(fit.net, DefectEnsemble) and len(fit.net.members) == 2
+    # folds 0 and 1 were held out by members 0 and 1; fold 2 trained both and has no out-of-fold score
+    assert oof.names == [train.names[i] for i in folds[0] + folds[1]]
+    assert list(oof.fold) == [0] * len(folds[0]) + [1] * len(folds[1])
+    assert list(oof.labels) == list(train.labels()[folds[0] + folds[1]])
+    for k in (0, 1):
+        member = fit.net.members[k]
+        assert isinstance(member, DefectNet)
+        heads, _ = predict_pool(StationModel(member).eval(), train.subset(folds[k]))
+        np.testing.assert_allclose(oof.scores[oof.fold == k], heads, atol=1e-6)
+        log = (tmp_path / "ckpt" / f"member{k}" / "log.csv").read_text().splitlines()
+        assert len(log) == 2  # one epoch, validated on its own fold
+    with pytest.raises(TrainingError, match="at least as many folds as members"):
+        train_defect_net(train, empty, replace(config, folds=2, members=3), tmp_path / "bad")
 
 
 def test_snapshots_keep_the_best_epochs_and_average_them(tmp_path: Path) -> None:
@@ -304,8 +365,6 @@ def test_good_only_validation_pairs_every_good_image_with_an_anomaly() -> None:
 
 def make_spots_dataset(root: Path, size: int = 40) -> Path:
     """MT-like folders: MT_Free and MT_Spot (a dark square), one tile per num_ id 1000 apart, split.json."""
-    import cv2
-
     rng = np.random.default_rng(7)
     split: dict[str, list[str]] = {"train": [], "test": []}
     for folder in ("MT_Free", "MT_Spot"):
@@ -351,6 +410,35 @@ def test_train_main_on_a_tiny_mask_folders_dataset(tmp_path: Path) -> None:
         assert summary["model"] == result["model"] == str(out)
         image = MaskFoldersReader.open(root).load()[0].image
         assert 0.0 <= det.inspect(image).image_score <= 1.0
+
+
+def test_images_whose_labels_the_data_contradicts_are_left_out_and_listed(tmp_path: Path) -> None:
+    from qcstation.training.api import SUSPECTS_LIST
+
+    root = make_spots_dataset(tmp_path / "data")
+    split = json.loads((root / "split.json").read_text())
+    # given a free shot of the same view as a labelled spot (the spot shows), and a spot with an empty mask
+    spot = cv2.imread(str(root / "MT_Spot/Imgs/exp1_num_500.jpg"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(root / "MT_Free/Imgs/exp2_num_510.jpg"), np.clip(spot * 1.3 + 5, 0, 255).astype(np.uint8))
+    cv2.imwrite(str(root / "MT_Spot/Imgs/exp2_num_1510.jpg"), spot)
+    cv2.imwrite(str(root / "MT_Spot/Imgs/exp2_num_1510.png"), np.zeros_like(spot))
+    split["train"] += ["MT_Free/Imgs/exp2_num_510.jpg", "MT_Spot/Imgs/exp2_num_1510.jpg"]
+    (root / "split.json").write_text(json.dumps(split))
+    # when the default command trains, they are left out, listed with the reason and counted in the card
+    train_tiny(root, tmp_path / "a.onnx", tmp_path / "a", evaluate_split=None)
+    listed = (tmp_path / "a" / "checkpoints" / SUSPECTS_LIST).read_text().splitlines()
+    assert [line.split("\t")[0] for line in listed] == [
+        "MT_Free/Imgs/exp2_num_510.jpg",
+        "MT_Spot/Imgs/exp2_num_1510.jpg",
+    ]
+    assert "same view as defective exp1_num_500.jpg" in listed[0] and "mask is empty" in listed[1]
+    used = Detector.from_path(tmp_path / "a.onnx").card.provenance["split"]
+    assert used["suspect_labels_left_out"] == 2 and used["train"] + used["val"] == 18
+    # and when asked to keep them, they are trained on
+    train_tiny(root, tmp_path / "b.onnx", tmp_path / "b", evaluate_split=None, drop_suspects=False)
+    kept = Detector.from_path(tmp_path / "b.onnx").card.provenance["split"]
+    assert kept["suspect_labels_left_out"] == 0 and kept["train"] + kept["val"] == 20
+    assert (tmp_path / "b" / "checkpoints" / SUSPECTS_LIST).read_text() == ""
 
 
 def test_the_validation_carve_out_follows_split_seed_and_a_resume_must_keep_it(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import pickle
+import random
 import subprocess
 import sys
 import time
@@ -264,6 +265,15 @@ class Pool:
         """1 for images with defect pixels."""
         return np.array([int(m.any()) for m in self.masks], np.int64)
 
+    def subset(self, indices: Sequence[int]) -> Pool:
+        """The images at ``indices``, in that order."""
+        return Pool(
+            [self.images[i] for i in indices],
+            [self.masks[i] for i in indices],
+            [self.names[i] for i in indices] if self.names else [],
+            [self.groups[i] for i in indices] if self.groups else [],
+        )
+
     def image_class(self) -> np.ndarray:
         """Per image, its most frequent defect class (0 = good)."""
         out = []
@@ -438,6 +448,46 @@ def touches_border(mask: np.ndarray) -> bool:
     return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
 
 
+def group_folds(pool: Pool, folds: int, seed: int) -> list[list[int]]:
+    """Split a pool's image indices into ``folds`` folds by group, stratified by whether a group has defects.
+
+    Groups with defective images and groups of good images alone are each shuffled (seeded) and dealt out in
+    turn, so every fold holds defective and good parts, and no group (physical part) is in two folds.
+
+    Args:
+        pool: images with their group keys (an image without one is its own group).
+        folds: number of folds, at least 2.
+        seed: shuffling seed (the same seed gives the same folds).
+
+    Returns:
+        One sorted index list per fold.
+
+    Raises:
+        TrainingError: fewer than 2 folds, or fewer defective or good groups than folds.
+    """
+    if folds < 2:
+        raise TrainingError(f"expected at least 2 folds, got {folds}")
+    keys = pool.groups if pool.groups else [str(i) for i in range(len(pool.images))]
+    labels = pool.labels()
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(keys):
+        by_group.setdefault(g, []).append(i)
+    bad = sorted(g for g, idx in by_group.items() if labels[idx].any())
+    good = sorted(g for g, idx in by_group.items() if not labels[idx].any())
+    if len(bad) < folds or len(good) < folds:
+        raise TrainingError(
+            f"cannot make {folds} folds with defective and good parts in each: {len(bad)} defective and "
+            f"{len(good)} good group(s)"
+        )
+    rng = random.Random(seed)
+    rng.shuffle(bad)
+    rng.shuffle(good)
+    out: list[list[int]] = [[] for _ in range(folds)]
+    for k, g in enumerate(bad + good):
+        out[k % folds].extend(by_group[g])
+    return [sorted(f) for f in out]
+
+
 def synthetic_validation(pool: Pool, seed: int) -> Pool:
     """Good-only validation: every good image as is, plus a copy with a seeded synthetic anomaly."""
     rng = np.random.default_rng(seed)
@@ -489,6 +539,12 @@ class DefectTrainConfig:
             of the threads) and averaged into one :class:`DefectEnsemble`.
         snapshots: checkpoints each member keeps: its ``snapshots`` best epochs by validation image AUROC,
             averaged like members (1: the best epoch alone).
+        folds: 0: every member is chosen on the one validation set given. ``folds >= members``: the
+            training set is cut into this many group folds (:func:`group_folds`) and member k trains on
+            the others and is chosen on fold k (cross-fitting), so together the members learn from every
+            training image, and each image of folds 0 .. members-1 gets an out-of-fold score from the one
+            member that never saw it (:attr:`DefectFitResult.out_of_fold`).
+        split_seed: seed of the folds.
         seed: seed.
         num_threads: torch threads (None: all cores), shared among the members.
     """
@@ -517,6 +573,8 @@ class DefectTrainConfig:
     paste_share: float = 0.0
     members: int = 1
     snapshots: int = 1
+    folds: int = 0
+    split_seed: int = 0
     seed: int = 0
     num_threads: int | None = None
 
@@ -566,6 +624,25 @@ class DefectFitResult:
     stopped_by: str
     members: list[DefectFitResult] = field(default_factory=list)
     snapshot_epochs: list[int] = field(default_factory=list)
+    out_of_fold: OutOfFold | None = None
+
+
+@dataclass
+class OutOfFold:
+    """Cross-fitted members' scores on the images each of them never trained on.
+
+    Attributes:
+        names: image names.
+        labels: 1 for a defective image.
+        scores: N x C image probabilities from the one member that held the image out (with the
+            members' test-time flips).
+        fold: per image, the fold (= the member) that scored it.
+    """
+
+    names: list[str]
+    labels: np.ndarray
+    scores: np.ndarray
+    fold: np.ndarray
 
 
 @torch.no_grad()
@@ -919,16 +996,33 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
 def _train_ensemble(
     train: Pool, val: Pool, config: DefectTrainConfig, out: Path, *, resume: str | Path | None = None
 ) -> DefectFitResult:
-    """Train ``config.members`` networks at once, one process each, and average them."""
+    """Train ``config.members`` networks at once, one process each, and average them.
+
+    With ``config.folds``, member k trains on the folds of ``train`` other than k and is chosen on fold k;
+    ``val`` (which may then be empty) is only reported on.
+    """
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     total = config.num_threads or os.cpu_count() or 1
     per = max(1, total // config.members)
+    folds: list[list[int]] = []
+    if config.folds:
+        if config.folds < config.members:
+            raise TrainingError(
+                f"cross-fitting needs at least as many folds as members, got {config.folds} folds for "
+                f"{config.members} members"
+            )
+        folds = group_folds(train, config.folds, config.split_seed)
     procs: list[tuple[Path, subprocess.Popen[bytes]]] = []
     for k in range(config.members):
         member_dir = out / f"member{k}"
         member_dir.mkdir(parents=True, exist_ok=True)
-        member = replace(config, members=1, seed=config.seed + k, num_threads=per)
+        member = replace(config, members=1, folds=0, seed=config.seed + k, num_threads=per)
+        member_train, member_val = train, val
+        if folds:
+            held = set(folds[k])
+            member_train = train.subset([i for i in range(len(train.images)) if i not in held])
+            member_val = train.subset(folds[k])
         member_resume = None
         if resume is not None:
             member_resume = Path(resume) / f"member{k}" / "last.pt"
@@ -938,7 +1032,11 @@ def _train_ensemble(
                 )
         job = member_dir / "job.pkl"
         with job.open("wb") as f:
-            pickle.dump((train, val, member, member_dir, member_resume), f, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(
+                (member_train, member_val, member, member_dir, member_resume),
+                f,
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
         env = {**os.environ, "OMP_NUM_THREADS": str(per), "MKL_NUM_THREADS": str(per)}
         cmd = [sys.executable, "-c", f"from {__name__} import _member_main; _member_main({str(job)!r})"]
         procs.append((member_dir, subprocess.Popen(cmd, env=env)))
@@ -955,15 +1053,25 @@ def _train_ensemble(
     # a member that kept several snapshots contributes each of them, so every network weighs the same
     nets = [n for f in fits for n in (f.net.members if isinstance(f.net, DefectEnsemble) else [f.net])]
     ensemble = DefectEnsemble([n for n in nets if isinstance(n, DefectNet)]).eval()
-    val_y = val.labels()
-    heads, _ = predict_pool(StationModel(ensemble, tta=False), val)
-    auc = auroc(heads[:, 1:].max(axis=1), val_y)
-    log.info(
-        "ensemble of %d: val image AUROC %.4f (members %s)",
-        len(fits),
-        auc,
-        [round(f.best_auroc, 4) for f in fits],
-    )
+    oof = _out_of_fold(train, folds, fits, config) if folds else None
+    if oof is not None:
+        auc = auroc(oof.scores[:, 1:].max(axis=1), oof.labels)
+        log.info(
+            "%d cross-fitted members: out-of-fold image AUROC %.4f on %d images (members %s)",
+            len(fits),
+            auc,
+            len(oof.labels),
+            [round(f.best_auroc, 4) for f in fits],
+        )
+    else:
+        heads, _ = predict_pool(StationModel(ensemble, tta=False), val)
+        auc = auroc(heads[:, 1:].max(axis=1), val.labels())
+        log.info(
+            "ensemble of %d: val image AUROC %.4f (members %s)",
+            len(fits),
+            auc,
+            [round(f.best_auroc, 4) for f in fits],
+        )
     return DefectFitResult(
         ensemble,
         max(f.best_epoch for f in fits),
@@ -973,7 +1081,24 @@ def _train_ensemble(
         [row | {"member": float(k)} for k, f in enumerate(fits) for row in f.history],
         ",".join(sorted({f.stopped_by for f in fits})),
         fits,
+        out_of_fold=oof,
     )
+
+
+def _out_of_fold(
+    train: Pool, folds: list[list[int]], fits: list[DefectFitResult], config: DefectTrainConfig
+) -> OutOfFold:
+    """Each member's scores (with the members' flips) on the fold it was chosen on and never trained on."""
+    names: list[str] = []
+    labels, scores, fold = [], [], []
+    for k, fit in enumerate(fits):
+        held = train.subset(folds[k])
+        heads, _ = predict_pool(StationModel(fit.net, tta=config.tta), held)
+        names += held.names or [str(i) for i in folds[k]]
+        labels.append(held.labels())
+        scores.append(heads)
+        fold.append(np.full(len(folds[k]), k))
+    return OutOfFold(names, np.concatenate(labels), np.concatenate(scores), np.concatenate(fold))
 
 
 def _member_main(job: str) -> None:
