@@ -998,6 +998,14 @@ def train(
         Path | None,
         typer.Option("--resume", help="an interrupted run's work dir (or its last.pt): go on from there"),
     ] = None,
+    keep_suspect_labels: Annotated[
+        bool,
+        typer.Option(
+            "--keep-suspect-labels",
+            help="train on the images whose labels the data contradicts too (default: left out and listed; "
+            "see `qcstation dataset info`)",
+        ),
+    ] = False,
 ) -> None:
     """Train a defect model, calibrate it on validation, export it as a self-describing ONNX file."""
     from qcstation.station.errors import ConfigError
@@ -1039,6 +1047,7 @@ def train(
             augment=augment,
             work_dir=work_dir,
             resume=resume,
+            drop_suspects=not keep_suspect_labels,
         )
     except _training_errors() as e:
         raise ConfigError(str(e)) from e

@@ -11,7 +11,14 @@ import cv2
 import numpy as np
 import pytest
 
-from qcstation.training.data import MaskFoldersReader, check_leaks, numeric_id_groups, split_by_group
+from qcstation.training.data import (
+    MaskFoldersReader,
+    check_leaks,
+    numeric_id_groups,
+    same_view_suspects,
+    split_by_group,
+    suspect_labels,
+)
 
 pytestmark = pytest.mark.train
 
@@ -141,3 +148,58 @@ def test_dataset_info_on_magnetic_tile_matches_source_counts() -> None:
     assert info["groups"] == 184 and info["problems"] == []
     assert not any("more than one side" in w for w in info["leak_warnings"])
     assert sum(v for k, v in info["per_split"].items() if k.startswith("test/")) == 368
+    suspects = {Path(r["file"]).name: r for r in info["suspect_labels"]}
+    # a free shot of a break labelled on its neighbour shot, and an uneven image with an empty mask
+    assert "exp4_num_116999.jpg" in suspects["exp5_num_117030.jpg"]["reason"]
+    assert suspects["exp5_num_117030.jpg"]["side"] == "train"
+    assert "mask is empty" in suspects["exp4_num_352527.jpg"]["reason"]
+    assert len(suspects) >= 16
+
+
+def make_reshot_part(root: Path) -> Path:
+    """One part shot under three lights with its crack labelled on one shot only, and decoys.
+
+    Part num_100: exp1 (crack labelled); exp2 (the same view, brighter, labelled free: suspect); exp3 (the
+    same picture 30 % narrower: a file of another size is another view); exp4 (a free shot of another
+    surface). Part num_5000: a free shot of the very same view (another part: never compared). Part
+    num_9000: a crack image whose mask is empty.
+    """
+    rng = np.random.default_rng(3)
+    texture = cv2.GaussianBlur(rng.normal(0, 30, (120, 160)).astype(np.float32), (0, 0), 1.5) + 120
+    other = cv2.GaussianBlur(rng.normal(0, 30, (120, 160)).astype(np.float32), (0, 0), 1.5) + 120
+    crack = np.zeros((120, 160), np.uint8)
+    cv2.line(crack, (20, 30), (140, 90), 255, 2)
+    shots = {
+        "MT_Crack/exp1_num_100": (texture - 40 * (crack > 0), crack),
+        "MT_Free/exp2_num_110": (1.4 * (texture - 40 * (crack > 0)) + 10, None),
+        "MT_Free/exp3_num_120": (cv2.resize(texture - 40 * (crack > 0), (112, 120)), None),
+        "MT_Free/exp4_num_130": (other, None),
+        "MT_Free/exp2_num_5000": (texture - 40 * (crack > 0), None),
+        "MT_Crack/exp1_num_9000": (other, np.zeros((120, 160), np.uint8)),
+    }
+    for name, (img, mask) in shots.items():
+        folder, stem = name.split("/")
+        d = root / folder / "Imgs"
+        d.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(
+            str(d / f"{stem}.png" if mask is None else d / f"{stem}.jpg"),
+            np.clip(img, 0, 255).astype(np.uint8),
+        )
+        if mask is not None:
+            cv2.imwrite(str(d / f"{stem}.png"), mask)
+    return root
+
+
+def test_a_free_shot_of_a_labelled_defect_and_an_empty_mask_are_suspect_labels(tmp_path: Path) -> None:
+    reader = MaskFoldersReader.open(make_reshot_part(tmp_path))
+    loaded = reader.load((64, 64))
+    views = same_view_suspects(loaded)
+    assert [(v.good.name, v.defective.name) for v in views] == [("exp2_num_110.png", "exp1_num_100.jpg")]
+    assert views[0].similarity > 0.9
+    suspects = {p.name: why for p, why in suspect_labels(loaded).items()}
+    assert set(suspects) == {"exp2_num_110.png", "exp1_num_9000.jpg"}
+    assert "same view as defective exp1_num_100.jpg" in suspects["exp2_num_110.png"]
+    assert "labelled crack, but its mask is empty at 64x64" in suspects["exp1_num_9000.jpg"]
+    # without the size check the narrower picture matches too
+    loose = same_view_suspects(loaded, max_size_change=1.0)
+    assert {v.good.name for v in loose} >= {"exp2_num_110.png", "exp3_num_120.png"}

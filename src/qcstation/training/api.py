@@ -36,12 +36,14 @@ from qcstation.training.data import (
     check_leaks,
     dhash,
     split_by_group,
+    suspect_labels,
 )
 from qcstation.training.defectnet import (
     SUPERVISED_RECIPE,
     DefectTrainConfig,
     Pool,
     StationModel,
+    group_folds,
     predict_pool,
     synthetic_validation,
     train_defect_net,
@@ -88,6 +90,7 @@ def files_sha256(paths: Sequence[Path], root: Path) -> str:
 
 
 VALIDATION_LIST = "validation.txt"
+SUSPECTS_LIST = "suspect_labels.txt"
 """The held-out images of a run, one path per line relative to the dataset, beside its checkpoints."""
 
 
@@ -117,13 +120,20 @@ def _check_held_out(held_out: Sequence[str], checkpoints: Path, resume: str | Pa
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _write_suspects(suspects: dict[Path, str], root: Path, checkpoints: Path) -> None:
+    """List the images left out for suspect labels beside the checkpoints (an empty file when none)."""
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"{p.relative_to(root).as_posix()}\t{why}\n" for p, why in sorted(suspects.items()))
+    (checkpoints / SUSPECTS_LIST).write_text(text, encoding="utf-8")
+
+
 def _open(dataset: str | Path, layout: str | None, merge: str | None) -> DatasetReader:
     # any layout (given, from dataset.yaml, or detected): see qcstation.training.layouts
     return open_dataset(resolve_dataset(dataset), layout=layout, merge=merge)
 
 
 def dataset_info(dataset: str | Path, *, layout: str | None = None) -> dict[str, Any]:
-    """Counts per class and split side, image sizes, label coverage, groups, problems and leak warnings.
+    """Counts per class and split side, image sizes, label coverage, groups, problems, leaks, suspect labels.
 
     Args:
         dataset: a dataset folder, or a name under ``$QCSTATION_DATASETS``.
@@ -150,6 +160,7 @@ def dataset_info(dataset: str | Path, *, layout: str | None = None) -> dict[str,
     side = {s.sample.image: s.split for s in loaded if s.split}
     hashes = {s.sample.image: dhash(s.image, 16) for s in loaded} if side else None
     leaks = check_leaks(samples, side, hashes=hashes) if side else []
+    suspects = suspect_labels(loaded)
     report: dict[str, Any] = {
         "dataset": str(reader.root),
         "layout": reader.layout,
@@ -166,6 +177,10 @@ def dataset_info(dataset: str | Path, *, layout: str | None = None) -> dict[str,
         "split_file": (reader.root / SPLIT_FILE).is_file(),
         "problems": [{"file": f, "reason": r} for f, r in reader.problems],
         "leak_warnings": leaks,
+        "suspect_labels": [
+            {"file": p.relative_to(reader.root).as_posix(), "side": side.get(p), "reason": why}
+            for p, why in sorted(suspects.items())
+        ],
     }
     lines = [
         f"# {reader.root.name} ({reader.layout})",
@@ -179,6 +194,11 @@ def dataset_info(dataset: str | Path, *, layout: str | None = None) -> dict[str,
         f"per split: {report['per_split']}",
         f"problems: {len(reader.problems)}" + "".join(f"\n- {f}: {r}" for f, r in reader.problems),
         f"leak warnings: {leaks or 'none'}",
+        f"suspect labels (left out of training; worth relabelling): {len(suspects)}"
+        + "".join(
+            f"\n- {p.relative_to(reader.root).as_posix()} ({side.get(p) or 'unsplit'}): {why}"
+            for p, why in sorted(suspects.items())
+        ),
     ]
     report["markdown"] = "\n".join(lines)
     return report
@@ -216,6 +236,7 @@ def train_main(
     name: str | None = None,
     augment: str = "default",
     resume: str | Path | None = None,
+    drop_suspects: bool = True,
 ) -> dict[str, Any]:
     """Train, calibrate, export and (when the dataset has a test side) evaluate a defect model.
 
@@ -251,6 +272,11 @@ def train_main(
             (:mod:`qcstation.training.augment`).
         resume: an interrupted run's work dir, its ``checkpoints`` folder or its ``last.pt``: training goes
             on from the last epoch it finished, within what is left of the time budget.
+        drop_suspects: leave out of training and validation the training-side images whose labels the
+            data contradicts (:func:`~qcstation.training.data.suspect_labels`: a defective image with an
+            empty mask, a good-labelled photograph of the same view as a defective one); they are logged and
+            listed in ``<work_dir>/checkpoints/suspect_labels.txt`` for relabelling. The test side is
+            never touched.
 
     Returns:
         A summary: model path, card, validation and test figures, wall times.
@@ -269,24 +295,52 @@ def train_main(
     loaded = reader.load((size, size), samples)
     has_split = any(s.split for s in loaded)
     train_side = [s for s in loaded if not has_split or s.split == "train"]
+    suspects = suspect_labels(train_side) if drop_suspects else {}
+    if suspects:
+        log.warning(
+            "leaving out %d training-side image(s) whose labels the data contradicts (listed in %s):%s",
+            len(suspects),
+            work / "checkpoints" / SUSPECTS_LIST,
+            "".join(f"\n  {p.name}: {why}" for p, why in sorted(suspects.items())[:20]),
+        )
+        train_side = [s for s in train_side if s.sample.image not in suspects]
+    _write_suspects(suspects, reader.root, work / "checkpoints")
     if mode == "good_only":
         train_side = [s for s in train_side if s.source_class == "good"]
     if not train_side:
         raise DatasetError(f"{reader.root}: no training images" + (" on the train side" if has_split else ""))
-    tr_idx, va_idx = split_by_group([s.sample for s in train_side], val_fraction, split_seed)
-    held_out = sorted(train_side[i].sample.image.relative_to(reader.root).as_posix() for i in va_idx)
-    held_out_sha = _check_held_out(held_out, work / "checkpoints", resume)
-    used = [s for s in loaded if mode != "good_only" or s.source_class == "good" or s.split != "train"]
-    side = {s.sample.image: (s.split or "train") for s in used}
-    side.update({train_side[i].sample.image: "val" for i in va_idx})
-    leaks = check_leaks([s.sample for s in used], side)
-    train_pool = _pool([train_side[i] for i in tr_idx])
-    val_pool = _pool([train_side[i] for i in va_idx])
-    if mode == "good_only":
-        val_pool = synthetic_validation(val_pool, split_seed + 1)
     recipe = dict(SUPERVISED_RECIPE) if mode == "supervised" else {}
     if time_budget_min is not None:
         recipe["time_budget_min"] = time_budget_min
+    folds = int(recipe.get("folds", 0))
+    used = [s for s in loaded if mode != "good_only" or s.source_class == "good" or s.split != "train"]
+    side = {s.sample.image: (s.split or "train") for s in used}
+    if folds:
+        # cross-fitting: the members share out the whole training side; each is chosen on, and scores, one
+        # group fold it never trained on, so calibration sees those folds' parts (not 20 % of them)
+        train_pool, val_pool = _pool(train_side), Pool([], [])
+        fold_idx = group_folds(train_pool, folds, split_seed)
+        members = int(recipe.get("members", 1))
+        held_out = [
+            f"fold{k}\t{train_side[i].sample.image.relative_to(reader.root).as_posix()}"
+            for k in range(members)
+            for i in fold_idx[k]
+        ]
+        validation = (
+            f"cross-fitted: {folds} group folds of the training side (seed {split_seed}); member k trains on "
+            f"the others, is chosen on fold k and scores it, for k < {members}"
+        )
+    else:
+        tr_idx, va_idx = split_by_group([s.sample for s in train_side], val_fraction, split_seed)
+        held_out = sorted(train_side[i].sample.image.relative_to(reader.root).as_posix() for i in va_idx)
+        side.update({train_side[i].sample.image: "val" for i in va_idx})
+        train_pool = _pool([train_side[i] for i in tr_idx])
+        val_pool = _pool([train_side[i] for i in va_idx])
+        if mode == "good_only":
+            val_pool = synthetic_validation(val_pool, split_seed + 1)
+        validation = f"{val_fraction:.0%} of the training side's groups, seed {split_seed}"
+    held_out_sha = _check_held_out(held_out, work / "checkpoints", resume)
+    leaks = check_leaks([s.sample for s in used], side)
     config = DefectTrainConfig(
         classes=reader.classes,
         width=width,
@@ -298,19 +352,24 @@ def train_main(
         seed=seed,
         num_threads=num_threads,
         preset=augment,
+        split_seed=split_seed,
         **recipe,
     )
     fit = train_defect_net(train_pool, val_pool, config, work / "checkpoints", resume=resume)
     station = StationModel(fit.net, tta=config.tta).eval()
-    heads, _ = predict_pool(station, val_pool, mean=MEAN, std=STD)
-    val_scores = heads[:, 1:].max(axis=1)
-    val_y = val_pool.labels()
+    if fit.out_of_fold is not None:
+        # each part scored by the one member that never saw it: a member's score, where the station runs
+        # their mean (which spreads less, so it rejects no more good parts at this threshold, or a few)
+        val_scores, val_y = fit.out_of_fold.scores[:, 1:].max(axis=1), fit.out_of_fold.labels
+    else:
+        heads, _ = predict_pool(station, val_pool, mean=MEAN, std=STD)
+        val_scores, val_y = heads[:, 1:].max(axis=1), val_pool.labels()
     good_val = val_scores[val_y == 0]
     thr = float(np.clip(threshold_at_frr(good_val, target_false_reject), 1e-4, 1.0))
     val_recall = float((val_scores[val_y == 1] >= thr).mean())
     val_frr = float((good_val >= thr).mean())
     val_metrics = {
-        "split": "val",
+        "split": "out_of_fold" if fit.out_of_fold is not None else "val",
         "images": len(val_y),
         "defective_images": int(val_y.sum()),
         "defects": "synthetic" if mode == "good_only" else "real",
@@ -345,11 +404,12 @@ def train_main(
                 if split_file.is_file()
                 else None,
                 "train_side_images": len(train_side),
-                "validation": f"{val_fraction:.0%} of the training side's groups, seed {split_seed}",
+                "validation": validation,
                 "validation_sha256": held_out_sha,
-                "train": len(tr_idx),
-                "val": len(va_idx),
+                "train": len(train_pool.images),
+                "val": len(val_y),
                 "skipped": len(reader.problems),
+                "suspect_labels_left_out": len(suspects),
                 "leak_warnings": leaks,
             },
             "mode": mode,

@@ -588,13 +588,14 @@ def near_duplicate_groups(hashes: Mapping[str, int], max_bits: int = 6) -> dict[
 
 @dataclass(frozen=True)
 class LoadedSample:
-    """A decoded sample of a mask-folders dataset (at the size it was loaded)."""
+    """A decoded sample of a dataset (at the size it was loaded; ``shape`` is the file's own H, W)."""
 
     sample: Sample
     image: np.ndarray
     mask: np.ndarray
     source_class: str
     split: str | None
+    shape: tuple[int, int] = (0, 0)
 
 
 @register_reader
@@ -784,17 +785,117 @@ class MaskFoldersReader(LayoutReader):
             if mask is None:
                 self._problem(s.image, f"cannot decode mask {s.label.name}")
                 continue
+            shape = (int(image.shape[0]), int(image.shape[1]))
             if size is not None and image.shape[:2] != size:
                 h, w = size
                 interp = cv2.INTER_AREA if image.shape[0] > h or image.shape[1] > w else cv2.INTER_LINEAR
                 image = cv2.resize(image, (w, h), interpolation=interp)
                 mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
-            out.append(LoadedSample(s, image, mask, self.source_class(s), self.split_of(s)))
+            out.append(LoadedSample(s, image, mask, self.source_class(s), self.split_of(s), shape))
         return out
 
     def _problem(self, path: Path, reason: str) -> None:
         log.warning("skipping %s: %s", path, reason)
         self.problems.append((str(path), reason))
+
+
+@dataclass(frozen=True)
+class SameView:
+    """A good-labelled image that shows the same view of its part as a defective one: a suspect label.
+
+    Attributes:
+        good: the good-labelled image.
+        defective: the defective image of the same group it matches best.
+        similarity: correlation of the two images' fine texture (-1 .. 1).
+    """
+
+    good: Path
+    defective: Path
+    similarity: float
+
+
+SAME_VIEW_SIMILARITY = 0.6
+"""Texture correlation from which a good image counts as the same view as a defective one. Set on magnetic
+tile's training side: its 13 pairs above it are each one crop under two lights with the defect visible in
+both (checked by eye), the next pair (0.61, but 11 % apart in size) a neighbouring crop without the defect,
+and every other pair of a good and a defective image of one part is at most 0.57."""
+
+
+def _fine_texture(image: np.ndarray) -> np.ndarray:
+    """The image at 64 x 64 minus its blur, standardised: what a change of light leaves alone."""
+    small = cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
+    fine = small - cv2.GaussianBlur(small, (0, 0), 4)
+    out: np.ndarray = (fine - fine.mean()) / (fine.std() + 1e-6)
+    return out
+
+
+def same_view_suspects(
+    loaded: Sequence[LoadedSample],
+    *,
+    min_similarity: float = SAME_VIEW_SIMILARITY,
+    max_size_change: float = 0.1,
+) -> list[SameView]:
+    """Good-labelled images that show the same view as a defective image of their own part (group).
+
+    A part photographed several times (under other lights) whose defect is labelled on some photographs and
+    not on others: the unlabelled ones still show it, so a network trained on them learns that the defect is
+    good, and a calibration on them sets the threshold above the defect. Only images of one group are
+    compared, so different parts never match. Sizes must agree too (the relative changes of height and
+    width add up to at most ``max_size_change``): another crop of the part is another view.
+
+    Args:
+        loaded: the samples (the original sizes are in ``LoadedSample.shape``).
+        min_similarity: the fine-texture correlation from which two images are one view.
+        max_size_change: the most the two images' sizes may differ.
+
+    Returns:
+        The suspects, most similar first; each good image at most once, with its best match.
+    """
+    by_group: dict[str, list[LoadedSample]] = {}
+    for ls in loaded:
+        by_group.setdefault(ls.sample.group, []).append(ls)
+    found: list[SameView] = []
+    for members in by_group.values():
+        bad = [(ls, _fine_texture(ls.image)) for ls in members if ls.mask.any()]
+        if not bad:
+            continue
+        for good in (ls for ls in members if not ls.mask.any()):
+            texture = _fine_texture(good.image)
+            best: tuple[float, Path] | None = None
+            for other, t in bad:
+                (h0, w0), (h1, w1) = good.shape, other.shape
+                if min(h0, w0, h1, w1) > 0 and abs(h0 / h1 - 1) + abs(w0 / w1 - 1) > max_size_change:
+                    continue
+                sim = float((texture * t).mean())
+                if sim >= min_similarity and (best is None or sim > best[0]):
+                    best = (sim, other.sample.image)
+            if best is not None:
+                found.append(SameView(good.sample.image, best[1], round(best[0], 3)))
+    return sorted(found, key=lambda v: (-v.similarity, str(v.good)))
+
+
+def suspect_labels(loaded: Sequence[LoadedSample]) -> dict[Path, str]:
+    """Images whose label the data itself contradicts, each with the reason (see :func:`same_view_suspects`).
+
+    - a defective image (its folder or labels say so) whose mask is empty at the loaded size: as a training
+      image it would be a *good* one;
+    - a good-labelled image that shows the same view as a defective image of its part.
+
+    Returns:
+        image path -> reason, for the report and for leaving them out of training and calibration.
+    """
+    out: dict[Path, str] = {}
+    for ls in loaded:
+        if ls.source_class != "good" and not ls.mask.any():
+            out[ls.sample.image] = f"labelled {ls.source_class}, but its mask is empty" + (
+                f" at {ls.image.shape[1]}x{ls.image.shape[0]}" if ls.shape != ls.image.shape[:2] else ""
+            )
+    for v in same_view_suspects([ls for ls in loaded if ls.sample.image not in out]):
+        out[v.good] = (
+            f"labelled good, but shows the same view as defective {v.defective.name} "
+            f"(texture correlation {v.similarity:.2f}): the defect is probably there, unlabelled"
+        )
+    return out
 
 
 def check_leaks(

@@ -974,12 +974,13 @@ class DatasetReader:
             source = names[int(counts.argmax())] if counts.any() else "good"
             if self.merge:
                 mask = (mask > 0).astype(np.uint8)
+            shape = (int(image.shape[0]), int(image.shape[1]))
             if size is not None and image.shape[:2] != size:
                 h, w = size
                 interp = cv2.INTER_AREA if image.shape[0] > h or image.shape[1] > w else cv2.INTER_LINEAR
                 image = cv2.resize(image, (w, h), interpolation=interp)
                 mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
-            out.append(LoadedSample(s, image, mask, source, self.split_of(s)))
+            out.append(LoadedSample(s, image, mask, source, self.split_of(s), shape))
         return out
 
 
