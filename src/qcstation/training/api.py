@@ -43,7 +43,6 @@ from qcstation.training.defectnet import (
     DefectTrainConfig,
     Pool,
     StationModel,
-    group_folds,
     predict_pool,
     synthetic_validation,
     train_defect_net,
@@ -90,8 +89,9 @@ def files_sha256(paths: Sequence[Path], root: Path) -> str:
 
 
 VALIDATION_LIST = "validation.txt"
-SUSPECTS_LIST = "suspect_labels.txt"
 """The held-out images of a run, one path per line relative to the dataset, beside its checkpoints."""
+SUSPECTS_LIST = "suspect_labels.txt"
+"""The training-side images a run left out for suspect labels: path and reason, tab-separated, per line."""
 
 
 def _check_held_out(held_out: Sequence[str], checkpoints: Path, resume: str | Path | None) -> str:
@@ -309,38 +309,20 @@ def train_main(
         train_side = [s for s in train_side if s.source_class == "good"]
     if not train_side:
         raise DatasetError(f"{reader.root}: no training images" + (" on the train side" if has_split else ""))
+    tr_idx, va_idx = split_by_group([s.sample for s in train_side], val_fraction, split_seed)
+    held_out = sorted(train_side[i].sample.image.relative_to(reader.root).as_posix() for i in va_idx)
+    held_out_sha = _check_held_out(held_out, work / "checkpoints", resume)
+    used = [s for s in loaded if mode != "good_only" or s.source_class == "good" or s.split != "train"]
+    side = {s.sample.image: (s.split or "train") for s in used}
+    side.update({train_side[i].sample.image: "val" for i in va_idx})
+    leaks = check_leaks([s.sample for s in used], side)
+    train_pool = _pool([train_side[i] for i in tr_idx])
+    val_pool = _pool([train_side[i] for i in va_idx])
+    if mode == "good_only":
+        val_pool = synthetic_validation(val_pool, split_seed + 1)
     recipe = dict(SUPERVISED_RECIPE) if mode == "supervised" else {}
     if time_budget_min is not None:
         recipe["time_budget_min"] = time_budget_min
-    folds = int(recipe.get("folds", 0))
-    used = [s for s in loaded if mode != "good_only" or s.source_class == "good" or s.split != "train"]
-    side = {s.sample.image: (s.split or "train") for s in used}
-    if folds:
-        # cross-fitting: the members share out the whole training side; each is chosen on, and scores, one
-        # group fold it never trained on, so calibration sees those folds' parts (not 20 % of them)
-        train_pool, val_pool = _pool(train_side), Pool([], [])
-        fold_idx = group_folds(train_pool, folds, split_seed)
-        members = int(recipe.get("members", 1))
-        held_out = [
-            f"fold{k}\t{train_side[i].sample.image.relative_to(reader.root).as_posix()}"
-            for k in range(members)
-            for i in fold_idx[k]
-        ]
-        validation = (
-            f"cross-fitted: {folds} group folds of the training side (seed {split_seed}); member k trains on "
-            f"the others, is chosen on fold k and scores it, for k < {members}"
-        )
-    else:
-        tr_idx, va_idx = split_by_group([s.sample for s in train_side], val_fraction, split_seed)
-        held_out = sorted(train_side[i].sample.image.relative_to(reader.root).as_posix() for i in va_idx)
-        side.update({train_side[i].sample.image: "val" for i in va_idx})
-        train_pool = _pool([train_side[i] for i in tr_idx])
-        val_pool = _pool([train_side[i] for i in va_idx])
-        if mode == "good_only":
-            val_pool = synthetic_validation(val_pool, split_seed + 1)
-        validation = f"{val_fraction:.0%} of the training side's groups, seed {split_seed}"
-    held_out_sha = _check_held_out(held_out, work / "checkpoints", resume)
-    leaks = check_leaks([s.sample for s in used], side)
     config = DefectTrainConfig(
         classes=reader.classes,
         width=width,
@@ -352,24 +334,19 @@ def train_main(
         seed=seed,
         num_threads=num_threads,
         preset=augment,
-        split_seed=split_seed,
         **recipe,
     )
     fit = train_defect_net(train_pool, val_pool, config, work / "checkpoints", resume=resume)
     station = StationModel(fit.net, tta=config.tta).eval()
-    if fit.out_of_fold is not None:
-        # each part scored by the one member that never saw it: a member's score, where the station runs
-        # their mean (which spreads less, so it rejects no more good parts at this threshold, or a few)
-        val_scores, val_y = fit.out_of_fold.scores[:, 1:].max(axis=1), fit.out_of_fold.labels
-    else:
-        heads, _ = predict_pool(station, val_pool, mean=MEAN, std=STD)
-        val_scores, val_y = heads[:, 1:].max(axis=1), val_pool.labels()
+    heads, _ = predict_pool(station, val_pool, mean=MEAN, std=STD)
+    val_scores = heads[:, 1:].max(axis=1)
+    val_y = val_pool.labels()
     good_val = val_scores[val_y == 0]
     thr = float(np.clip(threshold_at_frr(good_val, target_false_reject), 1e-4, 1.0))
     val_recall = float((val_scores[val_y == 1] >= thr).mean())
     val_frr = float((good_val >= thr).mean())
     val_metrics = {
-        "split": "out_of_fold" if fit.out_of_fold is not None else "val",
+        "split": "val",
         "images": len(val_y),
         "defective_images": int(val_y.sum()),
         "defects": "synthetic" if mode == "good_only" else "real",
@@ -404,10 +381,10 @@ def train_main(
                 if split_file.is_file()
                 else None,
                 "train_side_images": len(train_side),
-                "validation": validation,
+                "validation": f"{val_fraction:.0%} of the training side's groups, seed {split_seed}",
                 "validation_sha256": held_out_sha,
-                "train": len(train_pool.images),
-                "val": len(val_y),
+                "train": len(tr_idx),
+                "val": len(va_idx),
                 "skipped": len(reader.problems),
                 "suspect_labels_left_out": len(suspects),
                 "leak_warnings": leaks,
