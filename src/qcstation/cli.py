@@ -998,12 +998,12 @@ def train(
         Path | None,
         typer.Option("--resume", help="an interrupted run's work dir (or its last.pt): go on from there"),
     ] = None,
-    keep_suspect_labels: Annotated[
+    drop_suspect_labels: Annotated[
         bool,
         typer.Option(
-            "--keep-suspect-labels",
-            help="train on the images whose labels the data contradicts too (default: left out and listed; "
-            "see `qcstation dataset info`)",
+            "--drop-suspect-labels",
+            help="leave out of training and validation the images whose labels the data contradicts "
+            "(`qcstation dataset info` lists them)",
         ),
     ] = False,
 ) -> None:
@@ -1047,7 +1047,7 @@ def train(
             augment=augment,
             work_dir=work_dir,
             resume=resume,
-            drop_suspects=not keep_suspect_labels,
+            drop_suspects=drop_suspect_labels,
         )
     except _training_errors() as e:
         raise ConfigError(str(e)) from e

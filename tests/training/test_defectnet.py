@@ -424,8 +424,8 @@ def test_images_whose_labels_the_data_contradicts_are_left_out_and_listed(tmp_pa
     cv2.imwrite(str(root / "MT_Spot/Imgs/exp2_num_1510.png"), np.zeros_like(spot))
     split["train"] += ["MT_Free/Imgs/exp2_num_510.jpg", "MT_Spot/Imgs/exp2_num_1510.jpg"]
     (root / "split.json").write_text(json.dumps(split))
-    # when the default command trains, they are left out, listed with the reason and counted in the card
-    train_tiny(root, tmp_path / "a.onnx", tmp_path / "a", evaluate_split=None)
+    # when asked to, training leaves them out, lists them with the reason and counts them in the card
+    train_tiny(root, tmp_path / "a.onnx", tmp_path / "a", evaluate_split=None, drop_suspects=True)
     listed = (tmp_path / "a" / "checkpoints" / SUSPECTS_LIST).read_text().splitlines()
     assert [line.split("\t")[0] for line in listed] == [
         "MT_Free/Imgs/exp2_num_510.jpg",
@@ -434,8 +434,8 @@ def test_images_whose_labels_the_data_contradicts_are_left_out_and_listed(tmp_pa
     assert "same view as defective exp1_num_500.jpg" in listed[0] and "mask is empty" in listed[1]
     used = Detector.from_path(tmp_path / "a.onnx").card.provenance["split"]
     assert used["suspect_labels_left_out"] == 2 and used["train"] + used["val"] == 18
-    # and when asked to keep them, they are trained on
-    train_tiny(root, tmp_path / "b.onnx", tmp_path / "b", evaluate_split=None, drop_suspects=False)
+    # and by default they are trained on as they are
+    train_tiny(root, tmp_path / "b.onnx", tmp_path / "b", evaluate_split=None)
     kept = Detector.from_path(tmp_path / "b.onnx").card.provenance["split"]
     assert kept["suspect_labels_left_out"] == 0 and kept["train"] + kept["val"] == 20
     assert (tmp_path / "b" / "checkpoints" / SUSPECTS_LIST).read_text() == ""
