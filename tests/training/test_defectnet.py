@@ -53,6 +53,11 @@ def tiny_pool(n: int, size: int, seed: int, defective: Callable[[int], bool] = l
     return Pool(images, masks, [f"img{k}" for k in range(n)])
 
 
+def tiny_config(**kw: Any) -> DefectTrainConfig:
+    """A two-class DefectNet of width 8, depth 2 at 32 px, batches of 4; ``kw`` sets the rest."""
+    return DefectTrainConfig(classes=("good", "defect"), width=8, depth=2, size=32, batch_size=4, **kw)
+
+
 @pytest.mark.parametrize(("shape", "k"), [((2, 1, 40, 56), 31), ((1, 2, 9, 7), 5), ((1, 1, 3, 3), 31)])
 def test_box_mean_equals_border_clipped_average_pooling(shape: tuple[int, ...], k: int) -> None:
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 3 + 1
@@ -78,16 +83,7 @@ def test_gated_maps_peak_at_the_image_score() -> None:
 
 def test_few_steps_export_and_station_verdicts_match_torch(tmp_path: Path) -> None:
     train, val = tiny_pool(16, 32, 0), tiny_pool(8, 32, 1)
-    config = DefectTrainConfig(
-        classes=("good", "defect"),
-        width=8,
-        depth=2,
-        size=32,
-        batch_size=4,
-        max_epochs=2,
-        seed=0,
-        num_threads=1,
-    )
+    config = tiny_config(max_epochs=2, seed=0, num_threads=1)
     fit = train_defect_net(train, val, config, tmp_path / "ckpt")
     assert fit.epochs_run == 2 and (tmp_path / "ckpt" / "best.pt").is_file()
     model = StationModel(fit.net).eval()
@@ -128,17 +124,7 @@ def test_dihedral_tta_is_invariant_to_turns_and_the_ensemble_averages_members() 
 
 def test_two_members_train_in_parallel_and_export_as_one_graph(tmp_path: Path) -> None:
     train, val = tiny_pool(16, 32, 0), tiny_pool(8, 32, 1)
-    config = DefectTrainConfig(
-        classes=("good", "defect"),
-        width=8,
-        depth=2,
-        size=32,
-        batch_size=4,
-        max_epochs=1,
-        ema_decay=0.9,
-        members=2,
-        num_threads=2,
-    )
+    config = tiny_config(max_epochs=1, ema_decay=0.9, members=2, num_threads=2)
     fit = train_defect_net(train, val, config, tmp_path / "ckpt")
     assert isinstance(fit.net, DefectEnsemble) and len(fit.members) == 2
     assert (tmp_path / "ckpt" / "member1" / "best.pt").is_file()
@@ -181,18 +167,7 @@ def test_group_folds_keep_a_part_in_one_fold_and_defects_in_every_fold() -> None
 
 def test_cross_fitted_members_each_hold_out_a_fold_and_score_it_out_of_fold(tmp_path: Path) -> None:
     train = grouped_pool(10, 32, 0)
-    config = DefectTrainConfig(
-        classes=("good", "defect"),
-        width=8,
-        depth=2,
-        size=32,
-        batch_size=4,
-        max_epochs=1,
-        members=2,
-        folds=3,
-        split_seed=1,
-        num_threads=2,
-    )
+    config = tiny_config(max_epochs=1, members=2, folds=3, split_seed=1, num_threads=2)
     empty = Pool([], [])
     fit = train_defect_net(train, empty, config, tmp_path / "ckpt")
     folds = group_folds(train, 3, seed=1)
@@ -215,16 +190,7 @@ def test_cross_fitted_members_each_hold_out_a_fold_and_score_it_out_of_fold(tmp_
 
 def test_snapshots_keep_the_best_epochs_and_average_them(tmp_path: Path) -> None:
     train, val = tiny_pool(16, 32, 0), tiny_pool(8, 32, 1)
-    config = DefectTrainConfig(
-        classes=("good", "defect"),
-        width=8,
-        depth=2,
-        size=32,
-        batch_size=4,
-        max_epochs=5,
-        snapshots=3,
-        num_threads=1,
-    )
+    config = tiny_config(max_epochs=5, snapshots=3, num_threads=1)
     out = tmp_path / "ckpt"
     fit = train_defect_net(train, val, config, out)
     # the three best epochs by validation AUROC (ties: the earlier epoch), and only they, are on disk
