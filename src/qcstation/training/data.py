@@ -816,9 +816,9 @@ class SameView:
 
 SAME_VIEW_SIMILARITY = 0.6
 """Texture correlation from which a good image counts as the same view as a defective one. Set on magnetic
-tile's training side: its 13 pairs above it are each one crop under two lights with the defect visible in
-both (checked by eye), the next pair (0.61, but 11 % apart in size) a neighbouring crop without the defect,
-and every other pair of a good and a defective image of one part is at most 0.57."""
+tile's training side: its 12 pairs above it (sizes within 10 %) are each one crop under two lights with the
+defect visible in both (checked by eye), the next pair (0.61, but 11 % apart in size) a neighbouring crop
+without the defect, and every other pair of a good and a defective image of one part is at most 0.57."""
 
 
 def _fine_texture(image: np.ndarray) -> np.ndarray:
