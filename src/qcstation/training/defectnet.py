@@ -1058,23 +1058,17 @@ def _train_ensemble(
     ensemble = DefectEnsemble([n for n in nets if isinstance(n, DefectNet)]).eval()
     oof = _out_of_fold(train, folds, fits, config) if folds else None
     if oof is not None:
-        auc = auroc(oof.scores[:, 1:].max(axis=1), oof.labels)
-        log.info(
-            "%d cross-fitted members: out-of-fold image AUROC %.4f on %d images (members %s)",
-            len(fits),
-            auc,
-            len(oof.labels),
-            [round(f.best_auroc, 4) for f in fits],
-        )
+        auc, measured = auroc(oof.scores[:, 1:].max(axis=1), oof.labels), "out-of-fold"
     else:
         heads, _ = predict_pool(StationModel(ensemble, tta=False), val)
-        auc = auroc(heads[:, 1:].max(axis=1), val.labels())
-        log.info(
-            "ensemble of %d: val image AUROC %.4f (members %s)",
-            len(fits),
-            auc,
-            [round(f.best_auroc, 4) for f in fits],
-        )
+        auc, measured = auroc(heads[:, 1:].max(axis=1), val.labels()), "val"
+    log.info(
+        "ensemble of %d: %s image AUROC %.4f (members %s)",
+        len(fits),
+        measured,
+        auc,
+        [round(f.best_auroc, 4) for f in fits],
+    )
     return DefectFitResult(
         ensemble,
         max(f.best_epoch for f in fits),
