@@ -103,6 +103,35 @@ def test_missing_ref(archive: ImageArchive) -> None:
         archive.get("0" * 64)
 
 
+def test_new_folders_are_made_durable_in_their_parents(
+    archive: ImageArchive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qcstation.station.archive as archive_module
+
+    synced: list[Path] = []
+    real = archive_module.fsync_dir
+
+    def record(directory: Path) -> None:
+        synced.append(Path(directory))
+        real(directory)
+
+    monkeypatch.setattr(archive_module, "fsync_dir", record)
+    ref = archive.put(b"first image", ".png")
+    # each folder the write created is an entry of its parent, synced after it; then the file's own folder
+    shard = archive.root / ref[:2] / ref[2:4]
+    assert synced == [archive.root.parent, archive.root, archive.root / ref[:2], shard]
+
+    synced.clear()
+    ref2 = archive.put(b"second image", ".png")
+    top = archive.root / ref2[:2]
+    assert ref2[:2] != ref[:2]  # (these two bytes strings land in different top folders)
+    assert synced == [archive.root, top, top / ref2[2:4]]  # only what is new has its parent synced
+
+    synced.clear()
+    archive.put(b"first image", ".png")
+    assert synced == []  # an image already held writes nothing
+
+
 def test_put_fails_with_oserror_when_the_root_cannot_be_created(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -54,7 +54,8 @@ def _norm_ext(ext: str) -> str:
     return e
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` (files created, renamed or removed in it) durable."""
     flags = getattr(os, "O_DIRECTORY", None)
     if flags is None:  # not on this platform (Windows): os.replace is what we can do
         return
@@ -116,7 +117,7 @@ class ImageArchive:
         directory = self._dir(ref)
         if (directory / f"{ref}.{e}").exists() or self._find(ref) is not None:
             return ref
-        directory.mkdir(parents=True, exist_ok=True)
+        self._make_dirs(directory)
         fd, tmp = tempfile.mkstemp(prefix=f".{ref[:16]}-", suffix=".tmp", dir=directory)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -128,7 +129,7 @@ class ImageArchive:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(directory)
+        fsync_dir(directory)
         return ref
 
     def put_image(self, image: np.ndarray) -> str:
@@ -243,6 +244,25 @@ class ImageArchive:
         return ArchiveUsage(files=files, bytes=size, disk_free=disk.free, disk_total=disk.total)
 
     # -- internals ----------------------------------------------------------------------------------------
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create ``directory`` and the missing folders above it, durably.
+
+        A new folder's name is an entry in its parent, which a crash can lose like any other unsynced
+        write: each folder created here has its parent fsynced, so that the file fsynced inside it can
+        be found after a power cut.
+        """
+        if directory.is_dir():
+            return
+        missing: list[Path] = []
+        d = directory
+        while not d.is_dir():
+            missing.append(d)
+            d = d.parent
+        for d in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
+                d.mkdir()
+            fsync_dir(d.parent)
 
     def _dir(self, ref: str) -> Path:
         return self.root / ref[:2] / ref[2:4]

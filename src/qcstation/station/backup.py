@@ -23,7 +23,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from qcstation.station.archive import DEFAULT_KEEP, ImageArchive, PruneRecord
+from qcstation.station.archive import DEFAULT_KEEP, ImageArchive, PruneRecord, fsync_dir
 from qcstation.station.errors import StoreError
 from qcstation.station.store import Store, VerifyReport
 
@@ -53,6 +53,7 @@ def backup_sqlite(src: Path, out: Path, *, pages: int = 4096) -> Path:
             if ok != "ok":
                 raise StoreError(f"backup of {src} failed its integrity check: {ok}")
         os.replace(tmp, out)
+        fsync_dir(out.parent)  # the rename is what makes it the backup: a power cut must not undo it
     except (sqlite3.Error, OSError) as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -93,6 +94,7 @@ def restore_sqlite(backup: Path, target: Path, *, force: bool = False) -> Verify
         with contextlib.suppress(FileNotFoundError):
             side.unlink()
     os.replace(tmp, target)
+    fsync_dir(target.parent)
     return report
 
 

@@ -49,6 +49,23 @@ def test_backup_while_writing_then_restore_verifies(tmp_path: Path) -> None:
         restore_sqlite(tmp_path / "b2.db", target)
 
 
+def test_backup_and_restore_sync_the_folder_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qcstation.station.backup as backup_module
+
+    synced: list[Path] = []
+    monkeypatch.setattr(backup_module, "fsync_dir", lambda d: synced.append(Path(d)))
+    with Store.open(tmp_path / "live.db", "st-1") as s:
+        open_b1(s)
+    backup_sqlite(tmp_path / "live.db", tmp_path / "backups" / "b.db")
+    assert synced == [tmp_path / "backups"]
+    synced.clear()
+    restore_sqlite(tmp_path / "backups" / "b.db", tmp_path / "restored" / "qcstation.db")
+    # the check copy is a backup of its own (into the target's folder), then the rename into place
+    assert synced == [tmp_path / "restored", tmp_path / "restored"]
+
+
 def test_a_tampered_backup_is_refused(tmp_path: Path) -> None:
     import sqlite3
 
