@@ -66,6 +66,9 @@ def test_quick_bench_fills_every_row_with_finite_positive_figures(setup: tuple[P
     for lat in report.latencies:
         assert 0 < lat.p50_ms <= lat.p99_ms and math.isfinite(lat.p99_ms)
         assert lat.single_ms > 0 and lat.rate_hz == pytest.approx(lat.load * t.bare_fps)
+        # the tail is broken down by the stage a part spent it in
+        assert set(lat.stage_p99_ms) == {"preprocess", "infer", "postprocess", "decide", "commit"}
+        assert all(0 <= v <= lat.p99_ms * 1.01 for v in lat.stage_p99_ms.values())
     assert report.tiles is not None
     assert report.tiles.frame_shape == (1024, 1024) and report.tiles.tiles > 1
     assert report.tiles.station_ms > 0 and report.tiles.predict_ms > 0 and report.tiles.bare_ms > 0

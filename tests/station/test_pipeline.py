@@ -291,6 +291,29 @@ def test_decisions_are_signalled_only_after_commit_even_when_the_store_fails(sta
     assert rec.missing_at_signal == []
 
 
+def test_stage_timings_show_where_a_part_spent_its_time(station_factory) -> None:  # type: ignore[no-untyped-def]
+    # given a store that takes 40 ms to commit
+    st, store, _ = station_factory(ListSource([GOOD, BAD, GOOD, GOOD]))
+    real_commit = store.commit
+
+    def slow(*a: Any, **kw: Any) -> None:
+        time.sleep(0.04)
+        real_commit(*a, **kw)
+
+    store.commit = slow  # type: ignore[method-assign]
+    # when the station runs
+    st.run()
+    # then every committed part has a duration per stage, and the slow commit is where its time went
+    stages = st.stats.stages_ms
+    assert set(stages) == {"preprocess", "infer", "postprocess", "decide", "commit"}
+    assert all(len(v) == 4 for v in stages.values())
+    assert min(stages["commit"]) >= 40.0
+    assert max(stages["infer"]) < 40.0
+    # and no stage took longer than the part's whole capture-to-commit latency
+    for i, latency in enumerate(st.stats.latencies_ms):
+        assert stages["commit"][i] <= latency + 1.0
+
+
 def test_a_store_outage_past_station_fault_s_holds_the_batch(station_factory, tmp_path, tiny_model) -> None:  # type: ignore[no-untyped-def]
     # given a store that cannot be written for about 1.4 s (three tries), while the recipe allows a station
     # fault of 0.3 s: no reject can reach the line meanwhile, so the parts decided then must be held

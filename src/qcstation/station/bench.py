@@ -124,6 +124,9 @@ class Latency:
     single_ms: float
     single_p99_ms: float
     runs: dict[str, list[float]]
+    stage_p99_ms: dict[str, float] = field(default_factory=dict)
+    """Per station stage (:attr:`~qcstation.station.pipeline.StationStats.stages_ms`), the median over the
+    runs of its p99 duration: which stage the latency's tail comes from."""
 
     @property
     def p99_vs_single(self) -> float:
@@ -380,6 +383,8 @@ class StationRun(NamedTuple):
     latencies_ms: list[float]
     cpu_ms: float
     """CPU time of the whole process (every thread) per committed part during the run."""
+    stages_ms: dict[str, list[float]]
+    """Each stage's duration per part (the station's own timings)."""
 
 
 def _station_run(
@@ -410,7 +415,8 @@ def _station_run(
             store.close()
     if summary.parts != frames:
         raise RuntimeError(f"the station recorded {summary.parts} of {frames} frames")
-    return StationRun(summary.rate, list(st.stats.latencies_ms), cpu * 1e3 / frames)
+    stages = {k: list(v) for k, v in st.stats.stages_ms.items()}
+    return StationRun(summary.rate, list(st.stats.latencies_ms), cpu * 1e3 / frames, stages)
 
 
 def _naive_loop(det: Detector, files: Sequence[Path], frames: int, db: Path) -> tuple[float, float]:
@@ -516,12 +522,25 @@ def measure_latency(
         single = _single_ms(det, tensor, single_n)
         runs["single_ms"].append(statistics.median(single))
         runs["single_p99_ms"].append(percentile(single, 99))
-        lat = _station_run(det, recipe, images, frames, rate_hz=rate, workers=workers).latencies_ms
-        runs["p50_ms"].append(percentile(lat, 50))
-        runs["p99_ms"].append(percentile(lat, 99))
+        run = _station_run(det, recipe, images, frames, rate_hz=rate, workers=workers)
+        runs["p50_ms"].append(percentile(run.latencies_ms, 50))
+        runs["p99_ms"].append(percentile(run.latencies_ms, 99))
+        for stage, ms in run.stages_ms.items():
+            runs.setdefault(f"{stage}_p99_ms", []).append(percentile(ms, 99))
     med = {k: statistics.median(v) for k, v in runs.items()}
+    stages = {
+        k.removesuffix("_p99_ms"): v for k, v in med.items() if k.endswith("_p99_ms") and k != "single_p99_ms"
+    }
     return Latency(
-        load, rate, frames, med["p50_ms"], med["p99_ms"], med["single_ms"], med["single_p99_ms"], runs
+        load,
+        rate,
+        frames,
+        med["p50_ms"],
+        med["p99_ms"],
+        med["single_ms"],
+        med["single_p99_ms"],
+        runs,
+        stages,
     )
 
 
@@ -1008,7 +1027,12 @@ def rows(rep: Report) -> list[Row]:
         out.append(
             Row(
                 f"latency capture→commit at {lat.load:.0%} ({lat.rate_hz:.1f} Hz): p99 vs one frame",
-                f"p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms",
+                f"p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms"
+                + (
+                    " (p99 by stage: " + ", ".join(f"{k} {v:.1f}" for k, v in lat.stage_p99_ms.items()) + ")"
+                    if lat.stage_p99_ms
+                    else ""
+                ),
                 f"one session.run: median {lat.single_ms:.1f} ms (its own p99 {lat.single_p99_ms:.1f} ms)",
                 lat.p99_vs_single,
                 target,

@@ -86,9 +86,21 @@ class StationStats:
     batch_status: BatchStatus = BatchStatus.OPEN
     hold: HoldRaised | None = None
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
+    stages_ms: dict[str, deque[float]] = field(default_factory=dict)
+    """Per stage (preprocess, infer, postprocess, decide, commit), its duration for the recent parts:
+    what the part spent working in each stage, so that capture-to-commit latency minus their sum is
+    time spent waiting in queues. ``commit`` is the part's group commit (image archive, then the store)."""
     store_fault: str | None = None
     source_fault: str | None = None
     drift: ScoreDrift | None = None
+
+    def add_stages(self, timings_ms: dict[str, float]) -> None:
+        """Keep one part's stage durations (the commit thread's; the window is the last 2048 parts)."""
+        for stage, ms in timings_ms.items():
+            window = self.stages_ms.get(stage)
+            if window is None:
+                window = self.stages_ms[stage] = deque(maxlen=2048)
+            window.append(ms)
 
     @property
     def rate(self) -> float:
@@ -653,6 +665,7 @@ class Station:
         events = list(pending)
         stored = not decisions
         backoff = 0.2
+        t0 = time.perf_counter()
         fault: StationFault | None = None
         while True:
             try:
@@ -691,7 +704,10 @@ class Station:
                 backoff = min(backoff * 2, 5.0)
         self.stats.store_fault = None
         committed_at = self.clock()
+        commit_ms = (time.perf_counter() - t0) * 1e3
         for d in decisions:
+            timings = {**(d.inspection.timings_ms if d.inspection is not None else {}), **d.timings_ms}
+            self.stats.add_stages({**timings, "commit": commit_ms})
             self.stats.committed += 1
             self.stats.verdicts[d.judgement.verdict.value] += 1
             self.stats.dispositions[d.disposition.value] += 1

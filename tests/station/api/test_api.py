@@ -354,6 +354,13 @@ def test_status_metrics_health_ready(api: Api) -> None:
         and "qcstation_outbox_backlog" in families
         and "qcstation_batch_on_hold" in families
     )
+    stage_p99 = {
+        s.labels["stage"]: s.value
+        for s in families["qcstation_stage_ms"].samples
+        if s.labels["quantile"] == "0.99"
+    }
+    assert set(stage_p99) == {"preprocess", "infer", "postprocess", "decide", "commit"}
+    assert all(v >= 0 for v in stage_p99.values())
     assert api.client.get(f"{V1}/health").json()["status"] == "ok"
     assert api.client.get(f"{V1}/ready").status_code == 200
 

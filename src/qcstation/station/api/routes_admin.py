@@ -144,6 +144,17 @@ class StationCollector(Collector):
         for label, value in (("0.5", lat.p50), ("0.95", lat.p95), ("0.99", lat.p99)):
             q.add_metric([label], float("nan") if value is None else value)
         yield q
+        stages = GaugeMetricFamily(
+            "qcstation_stage_ms",
+            "time a part spent working in each station stage over the recent window (last 2048 parts); "
+            "capture-to-commit latency minus their sum is time spent waiting",
+            labels=["stage", "quantile"],
+        )
+        for stage, window in list(s.stages_ms.items()):
+            sl = latency(list(window))
+            for label, value in (("0.5", sl.p50), ("0.99", sl.p99)):
+                stages.add_metric([stage, label], float("nan") if value is None else value)
+        yield stages
         rate = GaugeMetricFamily("qcstation_rate_per_second", "committed parts per second since start")
         rate.add_metric([], s.rate)
         yield rate
