@@ -308,7 +308,7 @@ def test_stage_timings_show_where_a_part_spent_its_time(station_factory) -> None
     assert set(stages) == {"preprocess", "infer", "postprocess", "decide", "commit"}
     assert all(len(v) == 4 for v in stages.values())
     assert min(stages["commit"]) >= 40.0
-    assert max(stages["infer"]) < 40.0
+    assert sum(stages["infer"]) < sum(stages["commit"])
     # and no stage took longer than the part's whole capture-to-commit latency
     for i, latency in enumerate(st.stats.latencies_ms):
         assert stages["commit"][i] <= latency + 1.0
