@@ -252,8 +252,6 @@ class ImageArchive:
         write: each folder created here has its parent fsynced, so that the file fsynced inside it can
         be found after a power cut.
         """
-        if directory.is_dir():
-            return
         missing: list[Path] = []
         d = directory
         while not d.is_dir():

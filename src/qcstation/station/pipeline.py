@@ -706,8 +706,7 @@ class Station:
         committed_at = self.clock()
         commit_ms = (time.perf_counter() - t0) * 1e3
         for d in decisions:
-            timings = {**(d.inspection.timings_ms if d.inspection is not None else {}), **d.timings_ms}
-            self.stats.add_stages({**timings, "commit": commit_ms})
+            self.stats.add_stages({**d.stage_timings_ms, "commit": commit_ms})
             self.stats.committed += 1
             self.stats.verdicts[d.judgement.verdict.value] += 1
             self.stats.dispositions[d.disposition.value] += 1

@@ -1016,7 +1016,7 @@ class Store:
             raise ValueError(f"expected an image ref of 64 lowercase hex digits, got {image_ref!r}")
         f, insp = d.frame, d.inspection
         model = insp.model if insp is not None else d.model
-        timings = {**(insp.timings_ms if insp is not None else {}), **d.timings_ms}
+        timings = d.stage_timings_ms
         return {
             "id": d.record_id,
             "batch_id": d.batch_id,

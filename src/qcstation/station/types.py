@@ -138,6 +138,11 @@ class Decision:
     timings_ms: dict[str, float] = field(default_factory=dict)
     model: ModelInfo | None = None
 
+    @property
+    def stage_timings_ms(self) -> dict[str, float]:
+        """The detector's stage durations and the station's, as the record keeps them."""
+        return {**(self.inspection.timings_ms if self.inspection is not None else {}), **self.timings_ms}
+
     def __post_init__(self) -> None:
         if self.decided_at.tzinfo is None:
             raise ValueError(f"expected a timezone-aware decided_at, got naive {self.decided_at.isoformat()}")
