@@ -93,8 +93,11 @@ def restore_sqlite(backup: Path, target: Path, *, force: bool = False) -> Verify
     for side in (Path(f"{target}-wal"), Path(f"{target}-shm"), Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         with contextlib.suppress(FileNotFoundError):
             side.unlink()
-    os.replace(tmp, target)
-    fsync_dir(target.parent)
+    try:
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except OSError as e:
+        raise StoreError(f"cannot put the restored store in place at {target}: {e}") from e
     return report
 
 
