@@ -1006,8 +1006,24 @@ def train(
             "(`qcstation dataset info` lists them)",
         ),
     ] = False,
+    device: Annotated[
+        str,
+        typer.Option("--device", help="auto (a GPU when one is visible, else the CPU), cpu, cuda or cuda:N"),
+    ] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="auto (mixed precision on a GPU, fp32 on the CPU), fp32, bf16 (fast on CPUs with native "
+            "bfloat16) or fp16 (GPU)",
+        ),
+    ] = "auto",
 ) -> None:
-    """Train a defect model, calibrate it on validation, export it as a self-describing ONNX file."""
+    """Train a defect model, calibrate it on validation, export it as a self-describing ONNX file.
+
+    Several GPUs: start it with torchrun, one process per GPU, e.g.
+    `torchrun --standalone --nproc_per_node=4 -m qcstation.cli train ...`; rank 0 writes the model.
+    """
     from qcstation.station.errors import ConfigError
 
     _training("train")
@@ -1048,9 +1064,13 @@ def train(
             work_dir=work_dir,
             resume=resume,
             drop_suspects=drop_suspect_labels,
+            device=device,
+            precision=precision,
         )
     except _training_errors() as e:
         raise ConfigError(str(e)) from e
+    if "rank" in result:  # a torchrun process other than rank 0: rank 0 reports
+        return
     out_ = {k: v for k, v in result.items() if k in ("model", "minutes", "validation", "test", "report")}
     sys.stdout.write(json.dumps(out_ or result, default=str, indent=2) + "\n")
 

@@ -47,6 +47,7 @@ from qcstation.training.defectnet import (
     synthetic_validation,
     train_defect_net,
 )
+from qcstation.training.devices import Distributed, resolve_device, resolve_precision
 from qcstation.training.errors import DatasetError
 from qcstation.training.export import export_onnx, write_card
 from qcstation.training.layouts import DatasetReader, open_dataset
@@ -94,8 +95,12 @@ SUSPECTS_LIST = "suspect_labels.txt"
 """The training-side images a run left out for suspect labels: path and reason, tab-separated, per line."""
 
 
-def _check_held_out(held_out: Sequence[str], checkpoints: Path, resume: str | Path | None) -> str:
+def _check_held_out(
+    held_out: Sequence[str], checkpoints: Path, resume: str | Path | None, *, write: bool = True
+) -> str:
     """Write the run's held-out images beside its checkpoints; a resumed run must hold out the same ones.
+
+    ``write=False`` checks without writing (the ranks of a ``torchrun`` job other than 0).
 
     Returns:
         sha256 of the list (the card's ``validation_sha256``).
@@ -115,8 +120,9 @@ def _check_held_out(held_out: Sequence[str], checkpoints: Path, resume: str | Pa
                 f"({len(old - set(held_out))} of its {len(old)} are not held out now); resume with the "
                 "dataset, --split-seed and validation share it was started with"
             )
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    (checkpoints / VALIDATION_LIST).write_text(text, encoding="utf-8")
+    if write:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        (checkpoints / VALIDATION_LIST).write_text(text, encoding="utf-8")
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -237,6 +243,8 @@ def train_main(
     augment: str = "default",
     resume: str | Path | None = None,
     drop_suspects: bool = False,
+    device: str = "auto",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Train, calibrate, export and (when the dataset has a test side) evaluate a defect model.
 
@@ -278,6 +286,13 @@ def train_main(
             listed in ``<work_dir>/checkpoints/suspect_labels.txt``. The test side is never touched. Off by
             default: on magnetic tile it lowered validation AUROC (0.938 vs 0.953 on the same clean
             validation images, runs 27 and 29), so relabelling them is the engineer's call.
+        device: "auto" (a CUDA device when one is visible, else the CPU), "cpu", "cuda" or "cuda:N"
+            (:mod:`qcstation.training.devices`).
+        precision: "auto" (mixed precision on a GPU, fp32 on the CPU), "fp32", "bf16" or "fp16".
+
+    Started by ``torchrun`` (several processes, e.g. one per GPU), every process runs this function: they
+    train together, and rank 0 alone calibrates, exports and evaluates (the other ranks return
+    ``{"rank": r}`` once training is over). Without ``work_dir`` they share rank 0's temporary folder.
 
     Returns:
         A summary: model path, card, validation and test figures, wall times.
@@ -285,11 +300,20 @@ def train_main(
     t0 = time.perf_counter()
     created = datetime.now(UTC)
     code = code_version()
+    dist = Distributed.from_env()
+    where = resolve_device(device, dist)
+    resolve_precision(precision, where)  # bad values fail before any data is read
+    dist.init(where)  # before anything is written: the ranks agree on the work dir
     merge = "anomaly" if mode == "good_only" else ("defect" if classes == "merged" else None)
     reader = _open(dataset, layout, merge)
-    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="qcstation-train-"))
+    if work_dir is not None:
+        work = Path(work_dir)
+    else:
+        made = tempfile.mkdtemp(prefix="qcstation-train-") if dist.is_main else ""
+        work = Path(dist.broadcast_object(made))
     work.mkdir(parents=True, exist_ok=True)
-    log.info("work dir %s (checkpoints there; resume an interrupted run with it)", work)
+    if dist.is_main:
+        log.info("work dir %s (checkpoints there; resume an interrupted run with it)", work)
     if resume is not None and (Path(resume) / "checkpoints").is_dir():
         resume = Path(resume) / "checkpoints"
     samples = reader.samples()
@@ -305,14 +329,15 @@ def train_main(
             "".join(f"\n  {p.name}: {why}" for p, why in sorted(suspects.items())[:20]),
         )
         train_side = [s for s in train_side if s.sample.image not in suspects]
-    _write_suspects(suspects, reader.root, work / "checkpoints")
+    if dist.is_main:
+        _write_suspects(suspects, reader.root, work / "checkpoints")
     if mode == "good_only":
         train_side = [s for s in train_side if s.source_class == "good"]
     if not train_side:
         raise DatasetError(f"{reader.root}: no training images" + (" on the train side" if has_split else ""))
     tr_idx, va_idx = split_by_group([s.sample for s in train_side], val_fraction, split_seed)
     held_out = sorted(train_side[i].sample.image.relative_to(reader.root).as_posix() for i in va_idx)
-    held_out_sha = _check_held_out(held_out, work / "checkpoints", resume)
+    held_out_sha = _check_held_out(held_out, work / "checkpoints", resume, write=dist.is_main)
     used = [s for s in loaded if mode != "good_only" or s.source_class == "good" or s.split != "train"]
     side = {s.sample.image: (s.split or "train") for s in used}
     side.update({train_side[i].sample.image: "val" for i in va_idx})
@@ -335,9 +360,13 @@ def train_main(
         seed=seed,
         num_threads=num_threads,
         preset=augment,
+        device=device,
+        precision=precision,
         **recipe,
     )
     fit = train_defect_net(train_pool, val_pool, config, work / "checkpoints", resume=resume)
+    if not dist.is_main:
+        return {"rank": dist.rank, "work_dir": str(work), "train_seconds": round(fit.seconds, 1)}
     station = StationModel(fit.net, tta=config.tta).eval()
     heads, _ = predict_pool(station, val_pool, mean=MEAN, std=STD)
     val_scores = heads[:, 1:].max(axis=1)
@@ -402,6 +431,7 @@ def train_main(
                 "snapshot_epochs": [m.snapshot_epochs for m in fit.members] or fit.snapshot_epochs,
                 "stopped_by": fit.stopped_by,
                 "seconds": round(fit.seconds, 1),
+                "trained_on": {"device": fit.device, "precision": fit.precision, "processes": fit.world_size},
             },
             "metrics": {"val": val_metrics},
         },

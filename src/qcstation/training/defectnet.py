@@ -36,6 +36,7 @@ from qcstation.inspect.metrics import auroc, recall_at_frr
 from qcstation.training.anomaly import paste_defect, synthesize_anomaly
 from qcstation.training.augment import load_augmentation
 from qcstation.training.data import _albumentations, normalise
+from qcstation.training.devices import Amp, Distributed, resolve_device, resolve_precision
 from qcstation.training.errors import CheckpointError, TrainingError
 from qcstation.training.nets import ConvBNReLU, UNetSmall
 
@@ -547,6 +548,10 @@ class DefectTrainConfig:
         split_seed: seed of the folds.
         seed: seed.
         num_threads: torch threads (None: all cores), shared among the members.
+        device: "auto" (a CUDA device when one is visible, else the CPU), "cpu", "cuda" or "cuda:N"; under
+            ``torchrun`` each process takes the GPU of its local rank (:mod:`qcstation.training.devices`).
+        precision: "auto" (mixed precision on a GPU, fp32 on the CPU), "fp32", "bf16" or "fp16" (GPU only);
+            the weights stay float32.
     """
 
     classes: tuple[str, ...]
@@ -577,6 +582,8 @@ class DefectTrainConfig:
     split_seed: int = 0
     seed: int = 0
     num_threads: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values."""
@@ -631,6 +638,9 @@ class DefectFitResult:
     members: list[DefectFitResult] = field(default_factory=list)
     snapshot_epochs: list[int] = field(default_factory=list)
     out_of_fold: OutOfFold | None = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    world_size: int = 1
 
 
 @dataclass
@@ -659,15 +669,19 @@ def predict_pool(
     batch_size: int = 16,
     mean: Sequence[float] = (0.5,),
     std: Sequence[float] = (0.25,),
+    device: torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run a :class:`StationModel` over a pool: (N x C image probabilities, N x C map maxima)."""
+    """Run a :class:`StationModel` over a pool: (N x C image probabilities, N x C map maxima).
+
+    ``device``: where the model is (default: the CPU); the results come back as NumPy arrays.
+    """
     model.eval()
     heads, maxima = [], []
     for i in range(0, len(pool.images), batch_size):
         x = torch.stack([normalise(im, mean, std) for im in pool.images[i : i + batch_size]])
-        probs, img = model(x)
-        heads.append(img.numpy())
-        maxima.append(probs.amax(dim=(2, 3)).numpy())
+        probs, img = model(x if device is None else x.to(device))
+        heads.append(img.cpu().numpy())
+        maxima.append(probs.amax(dim=(2, 3)).cpu().numpy())
     return np.concatenate(heads), np.concatenate(maxima)
 
 
@@ -685,6 +699,12 @@ def train_defect_net(
     share of the threads, seed ``seed + k``, folder ``member<k>``) and the result is their
     :class:`DefectEnsemble`.
 
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1), every process calls this function: they train one network
+    together (DistributedDataParallel; each rank draws its own batches, a step sees ``world_size`` of them),
+    rank 0 validates, keeps the checkpoints and the log, and decides for all when the budget is spent; an
+    ensemble's members then train one after another, each with its share of the budget. On the other ranks
+    the result's network is the last epoch's, not the best.
+
     Args:
         train: training images (defective and good; good only in synthetic mode).
         val: validation images with real (or, in good-only mode, synthetic) defects.
@@ -701,12 +721,20 @@ def train_defect_net(
         TrainingError: empty sets, validation without both classes, a diverging loss, or a failed member.
         CheckpointError: ``resume`` is missing, unreadable, or from another network, input or class list.
     """
+    dist = Distributed.from_env()
+    device = resolve_device(config.device, dist)
+    precision = resolve_precision(config.precision, device)
+    dist.init(device)
     if config.members > 1:
+        if dist.active:
+            return _train_members_in_turn(train, val, config, Path(out_dir), dist, resume=resume)
         return _train_ensemble(train, val, config, Path(out_dir), resume=resume)
     state = _resume_state(resume, config) if resume is not None else None
     t_start = time.perf_counter() - (state["elapsed"] if state else 0.0)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    main = dist.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     threads = config.num_threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -716,7 +744,12 @@ def train_defect_net(
     c = len(config.classes)
     # channels-last convolutions: ~1.1x faster steps on the CPU (oneDNN's NHWC kernels, above all the
     # 2-channel stem's weight gradient); the saved weights are the same numbers in any layout
-    net = _new_net(config).to(memory_format=torch.channels_last)
+    net = _new_net(config).to(device).to(memory_format=torch.channels_last)
+    both = _BothHeads(net)
+    # DDP hooks the wrapped module's forward, hence the wrapper around forward_both
+    gpu = [device.index] if device.type == "cuda" else None
+    model: nn.Module = nn.parallel.DistributedDataParallel(both, device_ids=gpu) if dist.active else both
+    amp = Amp(precision, device)
     ema = copy.deepcopy(net) if config.ema_decay > 0 else None
     kept = ema if ema is not None else net
     # the epoch monitor runs without flips (4x cheaper); the exported model and calibration use them
@@ -732,9 +765,10 @@ def train_defect_net(
         paste_share=0.0 if config.synthetic else config.paste_share,
         preset=config.preset,
         rotate90=config.rotate90,
-        seed=config.seed,
+        seed=config.seed + 1000 * dist.rank,  # each rank its own batches (rank 0: a single process's)
     )
-    steps_per_epoch = max(1, len(train.images) // config.batch_size)
+    # one epoch is still one pass over the training images, shared among the ranks
+    steps_per_epoch = max(1, len(train.images) // (config.batch_size * dist.world_size))
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     budget = config.time_budget_min * 60.0
     total_steps = config.max_epochs * steps_per_epoch
@@ -743,11 +777,11 @@ def train_defect_net(
     if config.synthetic:
         pixels[1:] = max(1.0, pixels[0] * 0.01)
     weights = np.clip(np.sqrt(pixels[0] / np.maximum(pixels, 1.0)), 1.0, 10.0)
-    ce_w = torch.tensor(weights, dtype=torch.float32)
-    defect_ids = torch.arange(1, c).view(1, -1, 1, 1)  # the defect classes, to one-hot the masks
+    ce_w = torch.tensor(weights, dtype=torch.float32, device=device)
+    defect_ids = torch.arange(1, c, device=device).view(1, -1, 1, 1)  # the defect classes, to one-hot masks
     log.info(
         "DefectNet w%d d%d at %dx%d: %d train / %d val images, %d steps/epoch, budget %.1f min, %d threads, "
-        "pixel CE weights %s, seed %d",
+        "pixel CE weights %s, seed %d, %s in %s%s",
         config.width,
         config.depth,
         config.size,
@@ -759,6 +793,9 @@ def train_defect_net(
         threads,
         np.round(weights, 2).tolist(),
         config.seed,
+        device,
+        precision,
+        f", rank {dist.rank} of {dist.world_size}" if dist.active else "",
     )
     history: list[dict[str, float]] = []
     best_auc, best_epoch, step = -1.0, 0, 0
@@ -774,20 +811,26 @@ def train_defect_net(
         if ema is not None:
             ema.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
+        amp.load_state_dict(state.get("scaler"))
         history, step, first_epoch = list(state["history"]), int(state["step"]), int(state["epoch"]) + 1
         best_auc, best_epoch = float(state["best_auc"]), int(state["best_epoch"])
-        if state["best"] is not None:
+        if state["best"] is not None and main:
             torch.save(state["best"], best_path)
         snaps = [
             (r["val_auroc"], int(r["epoch"])) for r in history if _snap_path(out, int(r["epoch"])).is_file()
         ]
         log.info("resuming at epoch %d (step %d, %.1f min spent)", first_epoch, step, state["elapsed"] / 60)
+    if state is not None and dist.broadcast_float(time.perf_counter() - t_start, device) >= budget:
+        # a resumed run whose budget was already spent (e.g. a finished member): nothing more to train
+        first_epoch, stopped_by = config.max_epochs + 1, "time_budget"
+        epoch = int(state["epoch"])
     for epoch in range(first_epoch, config.max_epochs + 1):
         t0 = time.perf_counter()
         net.train()
         loss_sum = 0.0
         for _ in range(steps_per_epoch):
-            elapsed = time.perf_counter() - t_start
+            # rank 0's clock for every rank, so that all follow one learning-rate schedule
+            elapsed = dist.broadcast_float(time.perf_counter() - t_start, device)
             progress = max(step / total_steps, elapsed / budget)
             if not config.synthetic and synthetic_share > 0:
                 # synthetic anomalies only at first, then mixed with the real defects
@@ -800,7 +843,6 @@ def train_defect_net(
             for g in opt.param_groups:
                 g["lr"] = config.lr * lr_scale
             x, m = maker()
-            seg, img = net.forward_both(x.contiguous(memory_format=torch.channels_last))
             y_img = torch.from_numpy(
                 np.array(
                     [
@@ -808,7 +850,12 @@ def train_defect_net(
                         for mm in m
                     ]
                 )
-            )
+            ).to(device)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            m = m.to(device, non_blocking=True)
+            with amp.autocast():
+                seg, img = model(x)
+            seg, img = seg.float(), img.float()  # the losses in float32
             # one log-softmax serves the cross-entropy and the Dice term (a softmax less per step)
             logp = seg.log_softmax(dim=1)
             ce = F.nll_loss(logp, m, weight=ce_w)
@@ -818,56 +865,81 @@ def train_defect_net(
             dice = 1 - ((2 * inter + 1) / (probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1)).mean()
             loss = ce + dice + config.image_loss_weight * F.cross_entropy(img, y_img)
             if maker.hard_good > 0:
-                maker.score_good(1.0 - img.detach().softmax(dim=1)[:, 0].numpy())
+                maker.score_good(1.0 - img.detach().softmax(dim=1)[:, 0].cpu().numpy())
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {loss.item()} at epoch {epoch}; lower the lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
+            amp.step(loss, opt)
             step += 1
             if ema is not None:
                 _ema_update(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
             loss_sum += float(loss.item())
-        heads, _ = predict_pool(monitor, val)
-        score = heads[:, 1:].max(axis=1)
-        auc = auroc(score, val_y)
+        if main:  # rank 0 validates and keeps the files; the other ranks follow its decisions
+            heads, _ = predict_pool(monitor, val, device=device)
+            score = heads[:, 1:].max(axis=1)
+            auc = auroc(score, val_y)
+            epoch_seconds = time.perf_counter() - t0
+            row = {
+                "epoch": epoch,
+                "lr": config.lr * lr_scale,
+                "train_loss": loss_sum / steps_per_epoch,
+                "val_auroc": auc,
+                "val_recall_2pct": recall_at_frr(score, val_y, 0.02)[0],
+                "seconds": epoch_seconds,
+            }
+            if ema is not None:
+                raw_heads, _ = predict_pool(StationModel(net, tta=False), val, device=device)
+                row["val_auroc_raw"] = auroc(raw_heads[:, 1:].max(axis=1), val_y)
+            history.append(row)
+            improved = auc > best_auc
+            if improved:
+                best_auc, best_epoch = auc, epoch
+                best = {"config": config.to_dict(), "epoch": epoch, "model": kept.state_dict()}
+                torch.save(best, best_path)
+            _append(out / "log.csv", row)
+            _append_scores(out / "val_scores.csv", epoch, score)
+            if config.snapshots > 1:
+                snaps = _keep_snapshot(out, snaps, auc, epoch, kept, config)
+            log.info(
+                "epoch %d  loss %.4f  val image AUROC %.4f  recall@2%% %.3f  %.0fs (total %.1f min)%s",
+                epoch,
+                row["train_loss"],
+                auc,
+                row["val_recall_2pct"],
+                epoch_seconds,
+                (time.perf_counter() - t_start) / 60,
+                "  *best*" if improved else "",
+            )
+            _save_last(
+                out,
+                config,
+                epoch,
+                kept,
+                net,
+                opt,
+                step,
+                time.perf_counter() - t_start,
+                history,
+                best_path,
+                scaler=amp.state_dict(),
+            )
         epoch_seconds = time.perf_counter() - t0
-        row = {
-            "epoch": epoch,
-            "lr": config.lr * lr_scale,
-            "train_loss": loss_sum / steps_per_epoch,
-            "val_auroc": auc,
-            "val_recall_2pct": recall_at_frr(score, val_y, 0.02)[0],
-            "seconds": epoch_seconds,
-        }
-        if ema is not None:
-            raw_heads, _ = predict_pool(StationModel(net, tta=False), val)
-            row["val_auroc_raw"] = auroc(raw_heads[:, 1:].max(axis=1), val_y)
-        history.append(row)
-        improved = auc > best_auc
-        if improved:
-            best_auc, best_epoch = auc, epoch
-            torch.save({"config": config.to_dict(), "epoch": epoch, "model": kept.state_dict()}, best_path)
-        _append(out / "log.csv", row)
-        _append_scores(out / "val_scores.csv", epoch, score)
-        if config.snapshots > 1:
-            snaps = _keep_snapshot(out, snaps, auc, epoch, kept, config)
-        log.info(
-            "epoch %d  loss %.4f  val image AUROC %.4f  recall@2%% %.3f  %.0fs (total %.1f min)%s",
-            epoch,
-            row["train_loss"],
-            auc,
-            row["val_recall_2pct"],
-            epoch_seconds,
-            (time.perf_counter() - t_start) / 60,
-            "  *best*" if improved else "",
-        )
-        _save_last(
-            out, config, epoch, kept, net, opt, step, time.perf_counter() - t_start, history, best_path
-        )
-        if time.perf_counter() - t_start + epoch_seconds > budget:
+        if dist.broadcast_float(float(time.perf_counter() - t_start + epoch_seconds > budget), device):
             stopped_by = "time_budget"
             break
+    dist.barrier()  # rank 0's best.pt is complete
+    if not main:
+        return DefectFitResult(
+            kept.eval(),
+            best_epoch,
+            best_auc,
+            epoch,
+            time.perf_counter() - t_start,
+            history,
+            stopped_by,
+            device=str(device),
+            precision=precision,
+            world_size=dist.world_size,
+        )
     kept_net: DefectNet | DefectEnsemble = _load_net(best_path, config)
     snapshot_epochs = [best_epoch]
     if config.snapshots > 1 and len(snaps) > 1:
@@ -883,6 +955,9 @@ def train_defect_net(
         history,
         stopped_by,
         snapshot_epochs=snapshot_epochs,
+        device=str(device),
+        precision=precision,
+        world_size=dist.world_size,
     )
 
 
@@ -917,7 +992,8 @@ def load_snapshot(out: str | Path, epoch: int, config: DefectTrainConfig) -> Def
 
 def _load_net(path: Path, config: DefectTrainConfig) -> DefectNet:
     net = _new_net(config)
-    net.load_state_dict(torch.load(path, weights_only=True)["model"])
+    # map_location: a GPU-trained checkpoint loads (and exports) on a machine without one
+    net.load_state_dict(torch.load(path, weights_only=True, map_location="cpu")["model"])
     return net.eval()
 
 
@@ -967,9 +1043,12 @@ def _save_last(
     elapsed: float,
     history: list[dict[str, float]],
     best_path: Path,
+    *,
+    scaler: dict[str, Any] | None = None,
 ) -> None:
     """Everything a resumed run needs, written atomically so an interruption never leaves half a file."""
     state = {
+        "scaler": scaler,
         "config": config.to_dict(),
         "epoch": epoch,
         "model": kept.state_dict(),
@@ -989,6 +1068,17 @@ def _save_last(
 
 def _new_net(config: DefectTrainConfig) -> DefectNet:
     return DefectNet(1, len(config.classes), config.width, config.depth, pool_topk=config.pool_topk)
+
+
+class _BothHeads(nn.Module):
+    """``net.forward_both`` as a module's ``forward``: what DistributedDataParallel wraps and hooks."""
+
+    def __init__(self, net: DefectNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.forward_both(x)
 
 
 @torch.no_grad()
@@ -1011,24 +1101,13 @@ def _train_ensemble(
     out.mkdir(parents=True, exist_ok=True)
     total = config.num_threads or os.cpu_count() or 1
     per = max(1, total // config.members)
-    folds: list[list[int]] = []
-    if config.folds:
-        if config.folds < config.members:
-            raise TrainingError(
-                f"cross-fitting needs at least as many folds as members, got {config.folds} folds for "
-                f"{config.members} members"
-            )
-        folds = group_folds(train, config.folds, config.split_seed)
+    folds = _folds(train, config)
     procs: list[tuple[Path, subprocess.Popen[bytes]]] = []
     for k in range(config.members):
         member_dir = out / f"member{k}"
         member_dir.mkdir(parents=True, exist_ok=True)
         member = replace(config, members=1, folds=0, seed=config.seed + k, num_threads=per)
-        member_train, member_val = train, val
-        if folds:
-            held = set(folds[k])
-            member_train = train.subset([i for i in range(len(train.images)) if i not in held])
-            member_val = train.subset(folds[k])
+        member_train, member_val = _member_sets(train, val, folds, k)
         member_resume = None
         if resume is not None:
             member_resume = Path(resume) / f"member{k}" / "last.pt"
@@ -1056,6 +1135,75 @@ def _train_ensemble(
         with (member_dir / "result.pkl").open("rb") as fr:
             fits.append(pickle.load(fr))  # our own child process wrote it
         (member_dir / "job.pkl").unlink(missing_ok=True)
+    return _ensemble_result(train, val, config, folds, fits, t_start)
+
+
+def _train_members_in_turn(
+    train: Pool,
+    val: Pool,
+    config: DefectTrainConfig,
+    out: Path,
+    dist: Distributed,
+    *,
+    resume: str | Path | None = None,
+) -> DefectFitResult:
+    """Under ``torchrun``: the members one after another, each trained by all ranks in its budget share.
+
+    A resumed run goes on with each member's ``last.pt``; a member that had finished returns at once, one
+    that had not started starts afresh.
+    """
+    t_start = time.perf_counter()
+    folds = _folds(train, config)
+    share = config.time_budget_min / config.members
+    fits: list[DefectFitResult] = []
+    for k in range(config.members):
+        member = replace(config, members=1, folds=0, seed=config.seed + k, time_budget_min=share)
+        member_train, member_val = _member_sets(train, val, folds, k)
+        last = Path(resume) / f"member{k}" / "last.pt" if resume is not None else None
+        log.info("member %d of %d: %.1f min, %d ranks", k + 1, config.members, share, dist.world_size)
+        fits.append(
+            train_defect_net(
+                member_train,
+                member_val,
+                member,
+                out / f"member{k}",
+                resume=last if last is not None and last.is_file() else None,
+            )
+        )
+    if not dist.is_main:
+        return replace(fits[-1], members=fits)
+    return _ensemble_result(train, val, config, folds, fits, t_start)
+
+
+def _folds(train: Pool, config: DefectTrainConfig) -> list[list[int]]:
+    """The cross-fitting folds of ``train`` (none without ``config.folds``)."""
+    if not config.folds:
+        return []
+    if config.folds < config.members:
+        raise TrainingError(
+            f"cross-fitting needs at least as many folds as members, got {config.folds} folds for "
+            f"{config.members} members"
+        )
+    return group_folds(train, config.folds, config.split_seed)
+
+
+def _member_sets(train: Pool, val: Pool, folds: list[list[int]], k: int) -> tuple[Pool, Pool]:
+    """Member k's training and validation pools: ``train`` and ``val``, or the folds but k and fold k."""
+    if not folds:
+        return train, val
+    held = set(folds[k])
+    return train.subset([i for i in range(len(train.images)) if i not in held]), train.subset(folds[k])
+
+
+def _ensemble_result(
+    train: Pool,
+    val: Pool,
+    config: DefectTrainConfig,
+    folds: list[list[int]],
+    fits: list[DefectFitResult],
+    t_start: float,
+) -> DefectFitResult:
+    """The members' :class:`DefectEnsemble`, measured on ``val`` (or out of fold)."""
     # a member that kept several snapshots contributes each of them, so every network weighs the same
     nets = [n for f in fits for n in (f.net.members if isinstance(f.net, DefectEnsemble) else [f.net])]
     ensemble = DefectEnsemble([n for n in nets if isinstance(n, DefectNet)]).eval()
@@ -1082,6 +1230,9 @@ def _train_ensemble(
         ",".join(sorted({f.stopped_by for f in fits})),
         fits,
         out_of_fold=oof,
+        device=fits[0].device,
+        precision=fits[0].precision,
+        world_size=fits[0].world_size,
     )
 
 

@@ -1,0 +1,77 @@
+"""One ``torchrun`` process of the distributed-training test (test_devices.py); not a test module itself.
+
+Trains a tiny DefectNet with :func:`train_defect_net`, keeping a reference to the network it trains, and
+writes what this rank ended with to ``<out>/rank<r>.json``: a hash of the trained weights, the result's
+world size and device, and the files in the checkpoint folder.
+
+Usage: torchrun --standalone --nproc_per_node=2 ddp_worker.py OUT_DIR MEMBERS
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qcstation.training import defectnet
+from qcstation.training.defectnet import DefectTrainConfig, Pool, train_defect_net
+
+
+def pool(n: int, seed: int) -> Pool:
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for k in range(n):
+        img = np.clip(rng.normal(150, 8, (32, 32)), 0, 255).astype(np.uint8)
+        mask = np.zeros((32, 32), np.uint8)
+        if k % 2:
+            y, x = rng.integers(6, 26, 2)
+            img[y - 3 : y + 3, x - 3 : x + 3] = 40
+            mask[y - 3 : y + 3, x - 3 : x + 3] = 1
+        images.append(img)
+        masks.append(mask)
+    return Pool(images, masks, [f"img{k}" for k in range(n)])
+
+
+def digest(net: torch.nn.Module) -> str:
+    return hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in net.parameters())).hexdigest()
+
+
+def main() -> None:
+    out, members = Path(sys.argv[1]), int(sys.argv[2])
+    trained: list[torch.nn.Module] = []
+    initial: list[str] = []
+    new_net = defectnet._new_net
+
+    def spy(config: DefectTrainConfig) -> defectnet.DefectNet:
+        net = new_net(config)
+        trained.append(net)
+        initial.append(digest(net))
+        return net
+
+    defectnet._new_net = spy  # the first network built in each member is the one trained
+    config = DefectTrainConfig(
+        classes=("good", "defect"), width=8, depth=2, size=32, batch_size=4, max_epochs=2, members=members
+    )
+    fit = train_defect_net(pool(32, 0), pool(8, 1), config, out / "ckpt")
+    rank = int(os.environ["RANK"])
+    (out / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "weights_sha": digest(trained[0]),
+                "initial_sha": initial[0],
+                "world_size": fit.world_size,
+                "device": fit.device,
+                "members": len(fit.members),
+                "epochs_run": fit.epochs_run,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
