@@ -188,3 +188,30 @@ def test_qcstation_train_under_torchrun_writes_one_model_from_rank_0(tmp_path: P
     lasts = [torch.load(checkpoints / f"member{k}" / "last.pt", weights_only=False) for k in range(3)]
     assert [s["epoch"] for s in lasts] == [1, 1, 1]
     assert [s["config"]["seed"] for s in lasts] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_the_segmentation_engine_trains_in_bf16_on_the_cpu_too(tmp_path: Path) -> None:
+    from qcstation.training.engine import TrainConfig, fit, model_from_checkpoint
+    from qcstation.training.nets import build_model
+
+    p = pool(12, 0)
+    samples = [
+        (torch.from_numpy(im).float().div(255).unsqueeze(0), torch.from_numpy(m).long())
+        for im, m in zip(p.images, p.masks, strict=True)
+    ]
+    model = build_model("unet_small", 1, 2, width=8)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    seen: list[torch.dtype] = []
+    conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    config = TrainConfig(
+        classes=("good", "defect"), arch_kwargs={"width": 8}, epochs=2, batch_size=4, precision="bf16"
+    )
+    result = fit(model, samples[:8], samples[8:], config, tmp_path)
+    assert torch.bfloat16 in seen and torch.float32 in seen  # bf16 steps, fp32 validation
+    assert result.epochs_run == 2 and all(np.isfinite(r["train_loss"]) for r in result.history)
+    best, _ = model_from_checkpoint(result.best_checkpoint)
+    assert all(q.dtype == torch.float32 for q in best.parameters())
+    fp16 = TrainConfig(classes=("good", "defect"), precision="fp16")
+    with pytest.raises(TrainingError, match="fp16 needs a CUDA device"):
+        fit(model, samples[:8], samples[8:], fp16, tmp_path)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from qcstation.training.devices import Amp, resolve_device, resolve_precision
 from qcstation.training.errors import CheckpointError, TrainingError
 from qcstation.training.nets import build_model
 
@@ -58,7 +59,9 @@ class TrainConfig:
             epochs while the network learns the background).
         monitor: validation metric to maximise (a key of :class:`EvalResult.metrics`).
         max_steps_per_epoch: cap on steps per epoch (None: whole training set), for smoke runs.
-        device: torch device.
+        device: "cpu", "cuda", "cuda:N" or "auto" (:func:`~qcstation.training.devices.resolve_device`).
+        precision: "auto" (mixed precision on a GPU, fp32 on the CPU), "fp32", "bf16" or "fp16" (GPU);
+            the weights stay float32 (:mod:`qcstation.training.devices`).
     """
 
     classes: tuple[str, ...]
@@ -80,6 +83,7 @@ class TrainConfig:
     monitor: str = "miou_defects"
     max_steps_per_epoch: int | None = None
     device: str = "cpu"
+    precision: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (what a checkpoint stores)."""
@@ -399,7 +403,8 @@ def fit(
         )
     threads = set_threads(config.num_threads)
     seed_everything(config.seed)
-    device = torch.device(config.device)
+    device = resolve_device(config.device)
+    amp = Amp(resolve_precision(config.precision, device), device)
     model.to(device)
     gen = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(
@@ -435,7 +440,7 @@ def fit(
             "resuming from %s at epoch %d (best %s %.4f)", rpath, start_epoch, config.monitor, best_metric
         )
     log.info(
-        "training %s on %d samples (%d steps/epoch), validating on %d, %d epochs, %d CPU threads, device %s",
+        "training %s on %d samples (%d steps/epoch), validating on %d, %d epochs, %d CPU threads, %s in %s",
         config.arch,
         len(train_set),  # type: ignore[arg-type]
         steps_per_epoch,
@@ -443,6 +448,7 @@ def fit(
         config.epochs,
         threads,
         device,
+        amp.precision,
     )
     last_path, best_path = out / "last.pt", out / "best.pt"
     log_path = out / "log.csv"
@@ -455,12 +461,12 @@ def fit(
             if step >= steps_per_epoch:
                 break
             images, masks = images.to(device), masks.to(device)
-            loss = loss_fn(model(images), masks)
+            with amp.autocast():
+                logits = model(images)
+            loss = loss_fn(logits.float(), masks)  # the loss in float32
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {loss.item()} at epoch {epoch} step {step}; lower the lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            amp.step(loss, optimizer)
             scheduler.step()
             loss_sum += loss.item() * images.shape[0]
             seen += images.shape[0]
