@@ -1018,6 +1018,22 @@ def train(
             "bfloat16) or fp16 (GPU)",
         ),
     ] = "auto",
+    backbone: Annotated[
+        str,
+        typer.Option(
+            "--backbone",
+            help="unet (trained from scratch, the default) or a torchvision encoder: resnet18, resnet34, "
+            "resnet50",
+        ),
+    ] = "unet",
+    pretrained: Annotated[
+        bool,
+        typer.Option(
+            "--pretrained",
+            help="start the --backbone from torchvision's ImageNet weights (downloaded once into the torch "
+            "hub cache; offline, says which file to copy there)",
+        ),
+    ] = False,
 ) -> None:
     """Train a defect model, calibrate it on validation, export it as a self-describing ONNX file.
 
@@ -1066,6 +1082,8 @@ def train(
             drop_suspects=drop_suspect_labels,
             device=device,
             precision=precision,
+            backbone=backbone,
+            pretrained=pretrained,
         )
     except _training_errors() as e:
         raise ConfigError(str(e)) from e

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from qcstation.training import defectnet
+from qcstation.training.backbones import BackboneDefectNet
 from qcstation.training.defectnet import DefectTrainConfig, Pool, train_defect_net
 
 
@@ -47,8 +48,8 @@ def main() -> None:
     initial: list[str] = []
     new_net = defectnet._new_net
 
-    def spy(config: DefectTrainConfig) -> defectnet.DefectNet:
-        net = new_net(config)
+    def spy(config: DefectTrainConfig, *, pretrained: bool) -> defectnet.DefectNet | BackboneDefectNet:
+        net = new_net(config, pretrained=pretrained)
         trained.append(net)
         initial.append(digest(net))
         return net

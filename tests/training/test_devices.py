@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from qcstation.training import defectnet
+from qcstation.training.backbones import BackboneDefectNet
 from qcstation.training.defectnet import DefectTrainConfig, Pool, train_defect_net
 from qcstation.training.devices import Amp, Distributed, resolve_device, resolve_precision
 from qcstation.training.errors import TrainingError
@@ -93,8 +94,8 @@ def _conv_dtypes(monkeypatch: pytest.MonkeyPatch) -> list[torch.dtype]:
     seen: list[torch.dtype] = []
     new_net = defectnet._new_net
 
-    def spy(config: DefectTrainConfig) -> defectnet.DefectNet:
-        net = new_net(config)
+    def spy(config: DefectTrainConfig, *, pretrained: bool) -> defectnet.DefectNet | BackboneDefectNet:
+        net = new_net(config, pretrained=pretrained)
         conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
         conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
         return net

@@ -245,6 +245,8 @@ def train_main(
     drop_suspects: bool = False,
     device: str = "auto",
     precision: str = "auto",
+    backbone: str = "unet",
+    pretrained: bool = False,
 ) -> dict[str, Any]:
     """Train, calibrate, export and (when the dataset has a test side) evaluate a defect model.
 
@@ -289,6 +291,10 @@ def train_main(
         device: "auto" (a CUDA device when one is visible, else the CPU), "cpu", "cuda" or "cuda:N"
             (:mod:`qcstation.training.devices`).
         precision: "auto" (mixed precision on a GPU, fp32 on the CPU), "fp32", "bf16" or "fp16".
+        backbone: "unet" (the from-scratch U-Net encoder, the default) or a torchvision ResNet encoder
+            ("resnet18", "resnet34", "resnet50"; :mod:`qcstation.training.backbones`).
+        pretrained: start the ResNet encoder from torchvision's ImageNet weights (downloaded once into
+            the torch hub cache; offline, a clear error naming the file to copy there).
 
     Started by ``torchrun`` (several processes, e.g. one per GPU), every process runs this function: they
     train together, and rank 0 alone calibrates, exports and evaluates (the other ranks return
@@ -362,6 +368,8 @@ def train_main(
         preset=augment,
         device=device,
         precision=precision,
+        backbone=backbone,
+        pretrained=pretrained,
         **recipe,
     )
     fit = train_defect_net(train_pool, val_pool, config, work / "checkpoints", resume=resume)
@@ -424,7 +432,13 @@ def train_main(
             "created_at": created.isoformat(timespec="seconds"),
             "training": {
                 **{k: v for k, v in config.to_dict().items() if k != "classes"},
-                "arch": "DefectNet (unet_small + image head, gated maps, flip TTA"
+                "arch": "DefectNet ("
+                + (
+                    "unet_small"
+                    if backbone == "unet"
+                    else backbone + (", ImageNet weights" if pretrained else "")
+                )
+                + " + image head, gated maps, flip TTA"
                 + (f", mean of {config.members} members)" if config.members > 1 else ")"),
                 "epochs_run": fit.epochs_run,
                 "best_epoch": fit.best_epoch,

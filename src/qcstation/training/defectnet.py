@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -37,8 +37,11 @@ from qcstation.training.anomaly import paste_defect, synthesize_anomaly
 from qcstation.training.augment import load_augmentation
 from qcstation.training.data import _albumentations, normalise
 from qcstation.training.devices import Amp, Distributed, resolve_device, resolve_precision
-from qcstation.training.errors import CheckpointError, TrainingError
+from qcstation.training.errors import CheckpointError, ModelBuildError, TrainingError
 from qcstation.training.nets import ConvBNReLU, UNetSmall
+
+if TYPE_CHECKING:
+    from qcstation.training.backbones import BackboneDefectNet
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,30 @@ def box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
         torch.ones_like(x[:1, :1, :1, :]), k, 3
     )
     return sums / counts
+
+
+def pooled_features(
+    deep: torch.Tensor, mid: torch.Tensor, seg: torch.Tensor, pool_topk: float
+) -> torch.Tensor:
+    """The image head's input: max and mean of the two deepest feature maps and of the defect margin.
+
+    ``seg`` are the segmentation logits; the margin is each defect class's logit minus good's. With
+    ``pool_topk`` > 0 the mean of the margin's top ``pool_topk`` share joins.
+    """
+    margin = seg[:, 1:] - seg[:, :1]
+    parts = [
+        deep.amax(dim=(2, 3)),
+        deep.mean(dim=(2, 3)),
+        mid.amax(dim=(2, 3)),
+        mid.mean(dim=(2, 3)),
+        margin.amax(dim=(2, 3)),
+        margin.mean(dim=(2, 3)),
+    ]
+    if pool_topk > 0:
+        flat = margin.flatten(2)
+        k = max(1, int(pool_topk * int(flat.shape[2])))
+        parts.append(flat.topk(k, dim=2).values.mean(dim=2))
+    return torch.cat(parts, dim=1)
 
 
 class DefectNet(UNetSmall):
@@ -126,20 +153,7 @@ class DefectNet(UNetSmall):
         seg: torch.Tensor = self.head(y)
         if self.stem_stride != 1:  # a Python condition: exported graphs must not branch on shapes
             seg = F.interpolate(seg, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        margin = seg[:, 1:] - seg[:, :1]
-        parts = [
-            deep.amax(dim=(2, 3)),
-            deep.mean(dim=(2, 3)),
-            mid.amax(dim=(2, 3)),
-            mid.mean(dim=(2, 3)),
-            margin.amax(dim=(2, 3)),
-            margin.mean(dim=(2, 3)),
-        ]
-        if self.pool_topk > 0:
-            flat = margin.flatten(2)
-            k = max(1, int(self.pool_topk * int(flat.shape[2])))
-            parts.append(flat.topk(k, dim=2).values.mean(dim=2))
-        return seg, self.image_head(torch.cat(parts, dim=1))
+        return seg, self.image_head(pooled_features(deep, mid, seg, self.pool_topk))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segmentation logits only (the plain segmentation interface)."""
@@ -156,7 +170,7 @@ class DefectEnsemble(nn.Module):
         members: the trained networks (same classes).
     """
 
-    def __init__(self, members: Sequence[DefectNet]) -> None:
+    def __init__(self, members: Sequence[DefectNet | BackboneDefectNet]) -> None:
         super().__init__()
         if not members:
             raise TrainingError("an ensemble needs at least one member")
@@ -167,8 +181,7 @@ class DefectEnsemble(nn.Module):
         seg_sum: torch.Tensor | None = None
         img_sum: torch.Tensor | None = None
         for net in self.members:
-            assert isinstance(net, DefectNet)
-            seg, img = net.forward_both(x)
+            seg, img = cast("DefectNet | BackboneDefectNet", net).forward_both(x)
             s, p = seg.softmax(dim=1), img.softmax(dim=1)
             seg_sum = s if seg_sum is None else seg_sum + s
             img_sum = p if img_sum is None else img_sum + p
@@ -207,7 +220,9 @@ class StationModel(nn.Module):
             the 90°-turned image); needs a square input.
     """
 
-    def __init__(self, net: DefectNet | DefectEnsemble, tta: bool = True, rotations: bool = False) -> None:
+    def __init__(
+        self, net: DefectNet | BackboneDefectNet | DefectEnsemble, tta: bool = True, rotations: bool = False
+    ) -> None:
         super().__init__()
         self.net = net
         self.tta = tta
@@ -552,6 +567,13 @@ class DefectTrainConfig:
             ``torchrun`` each process takes the GPU of its local rank (:mod:`qcstation.training.devices`).
         precision: "auto" (mixed precision on a GPU, fp32 on the CPU), "fp32", "bf16" or "fp16" (GPU only);
             the weights stay float32.
+        backbone: "unet" (:class:`DefectNet`, trained from scratch; ``width`` and ``depth`` apply) or a
+            torchvision ResNet encoder (:class:`~qcstation.training.backbones.BackboneDefectNet`,
+            "resnet18", "resnet34", "resnet50").
+        pretrained: start a ResNet ``backbone`` from its ImageNet weights (torchvision's weights API; a
+            clear error when they cannot be had, e.g. offline).
+        backbone_lr_scale: with ``pretrained``, the encoder learns at this share of ``lr`` (the decoder and
+            heads at ``lr``), so the first steps do not wash out what ImageNet taught it.
     """
 
     classes: tuple[str, ...]
@@ -584,6 +606,9 @@ class DefectTrainConfig:
     num_threads: int | None = None
     device: str = "auto"
     precision: str = "auto"
+    backbone: str = "unet"
+    pretrained: bool = False
+    backbone_lr_scale: float = 0.1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values."""
@@ -628,7 +653,7 @@ mode keeps the plain defaults, with which its recorded figures were made.
 class DefectFitResult:
     """Outcome of :func:`train_defect_net`: the best network, its validation scores and the history."""
 
-    net: DefectNet | DefectEnsemble
+    net: DefectNet | BackboneDefectNet | DefectEnsemble
     best_epoch: int
     best_auroc: float
     epochs_run: int
@@ -724,7 +749,25 @@ def train_defect_net(
     dist = Distributed.from_env()
     device = resolve_device(config.device, dist)
     precision = resolve_precision(config.precision, device)
+    if config.backbone != "unet":
+        from qcstation.training.backbones import BACKBONES
+
+        if config.backbone not in BACKBONES:
+            raise ModelBuildError(
+                f"unknown backbone {config.backbone!r}; known: unet, {', '.join(sorted(BACKBONES))}"
+            )
+    if config.pretrained and config.backbone == "unet":
+        raise ModelBuildError(
+            "--pretrained needs a torchvision backbone (e.g. --backbone resnet18); "
+            "the unet is trained from scratch"
+        )
     dist.init(device)
+    if config.pretrained and resume is None:
+        if dist.is_main:  # once, before members or ranks start: offline, a clear error before any training
+            from qcstation.training.backbones import fetch_weights
+
+            fetch_weights(config.backbone)
+        dist.barrier()
     if config.members > 1:
         if dist.active:
             return _train_members_in_turn(train, val, config, Path(out_dir), dist, resume=resume)
@@ -744,7 +787,11 @@ def train_defect_net(
     c = len(config.classes)
     # channels-last convolutions: ~1.1x faster steps on the CPU (oneDNN's NHWC kernels, above all the
     # 2-channel stem's weight gradient); the saved weights are the same numbers in any layout
-    net = _new_net(config).to(device).to(memory_format=torch.channels_last)
+    net = (
+        _new_net(config, pretrained=config.pretrained and state is None)
+        .to(device)
+        .to(memory_format=torch.channels_last)
+    )
     both = _BothHeads(net)
     # DDP hooks the wrapped module's forward, hence the wrapper around forward_both
     gpu = [device.index] if device.type == "cuda" else None
@@ -769,7 +816,7 @@ def train_defect_net(
     )
     # one epoch is still one pass over the training images, shared among the ranks
     steps_per_epoch = max(1, len(train.images) // (config.batch_size * dist.world_size))
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(net, config), lr=config.lr, weight_decay=config.weight_decay)
     budget = config.time_budget_min * 60.0
     total_steps = config.max_epochs * steps_per_epoch
     warmup = min(100, total_steps // 10 + 1)
@@ -780,10 +827,11 @@ def train_defect_net(
     ce_w = torch.tensor(weights, dtype=torch.float32, device=device)
     defect_ids = torch.arange(1, c, device=device).view(1, -1, 1, 1)  # the defect classes, to one-hot masks
     log.info(
-        "DefectNet w%d d%d at %dx%d: %d train / %d val images, %d steps/epoch, budget %.1f min, %d threads, "
+        "DefectNet %s at %dx%d: %d train / %d val images, %d steps/epoch, budget %.1f min, %d threads, "
         "pixel CE weights %s, seed %d, %s in %s%s",
-        config.width,
-        config.depth,
+        f"w{config.width} d{config.depth}"
+        if config.backbone == "unet"
+        else f"on {config.backbone}{' (ImageNet weights)' if config.pretrained else ''}",
         config.size,
         config.size,
         len(train.images),
@@ -841,7 +889,7 @@ def train_defect_net(
                 else 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
             )
             for g in opt.param_groups:
-                g["lr"] = config.lr * lr_scale
+                g["lr"] = config.lr * g.get("lr_factor", 1.0) * lr_scale
             x, m = maker()
             y_img = torch.from_numpy(
                 np.array(
@@ -940,7 +988,7 @@ def train_defect_net(
             precision=precision,
             world_size=dist.world_size,
         )
-    kept_net: DefectNet | DefectEnsemble = _load_net(best_path, config)
+    kept_net: DefectNet | BackboneDefectNet | DefectEnsemble = _load_net(best_path, config)
     snapshot_epochs = [best_epoch]
     if config.snapshots > 1 and len(snaps) > 1:
         snapshot_epochs = sorted(e for _, e in snaps)
@@ -985,19 +1033,20 @@ def _keep_snapshot(
     return keep
 
 
-def load_snapshot(out: str | Path, epoch: int, config: DefectTrainConfig) -> DefectNet:
+def load_snapshot(out: str | Path, epoch: int, config: DefectTrainConfig) -> DefectNet | BackboneDefectNet:
     """One kept snapshot of a member's folder, in eval mode."""
     return _load_net(_snap_path(Path(out), epoch), config)
 
 
-def _load_net(path: Path, config: DefectTrainConfig) -> DefectNet:
-    net = _new_net(config)
+def _load_net(path: Path, config: DefectTrainConfig) -> DefectNet | BackboneDefectNet:
+    net = _new_net(config, pretrained=False)  # every weight comes from the checkpoint
     # map_location: a GPU-trained checkpoint loads (and exports) on a machine without one
     net.load_state_dict(torch.load(path, weights_only=True, map_location="cpu")["model"])
     return net.eval()
 
 
-_ARCHITECTURE = ("classes", "width", "depth", "size", "pool_topk")
+_ARCHITECTURE = ("classes", "width", "depth", "size", "pool_topk", "backbone")
+_ARCHITECTURE_DEFAULTS = {"backbone": "unet"}  # what a checkpoint from before a key existed was trained with
 """Config keys a resumed run must share with its checkpoint (the rest may change, e.g. the time budget)."""
 
 
@@ -1024,7 +1073,7 @@ def _resume_state(resume: str | Path, config: DefectTrainConfig) -> dict[str, An
         )
     mine = config.to_dict()
     for key in _ARCHITECTURE:
-        if state["config"].get(key) != mine[key]:
+        if state["config"].get(key, _ARCHITECTURE_DEFAULTS.get(key)) != mine[key]:
             raise CheckpointError(
                 f"cannot resume from {path}: it was trained with {key}={state['config'].get(key)!r}, this "
                 f"run has {key}={mine[key]!r}"
@@ -1066,14 +1115,48 @@ def _save_last(
     os.replace(tmp, out / "last.pt")
 
 
-def _new_net(config: DefectTrainConfig) -> DefectNet:
-    return DefectNet(1, len(config.classes), config.width, config.depth, pool_topk=config.pool_topk)
+def _new_net(config: DefectTrainConfig, *, pretrained: bool) -> DefectNet | BackboneDefectNet:
+    return net_from_config(len(config.classes), config.to_dict(), pretrained=pretrained)
+
+
+def net_from_config(
+    num_classes: int, config: dict[str, Any], *, pretrained: bool = False
+) -> DefectNet | BackboneDefectNet:
+    """The untrained network a :class:`DefectTrainConfig` (as a dict, e.g. a checkpoint's) describes.
+
+    ``pretrained`` starts a ResNet backbone from its ImageNet weights (training only: a checkpoint's own
+    weights replace them anyway, so loading one never fetches anything).
+    """
+    backbone = str(config.get("backbone", "unet"))
+    if backbone != "unet":
+        from qcstation.training.backbones import build_backbone_net
+
+        return build_backbone_net(num_classes, config, pretrained=pretrained)
+    return DefectNet(
+        1,
+        num_classes,
+        int(config.get("width", 16)),
+        int(config.get("depth", 4)),
+        pool_topk=float(config.get("pool_topk", 0.0)),
+    )
+
+
+def _param_groups(net: nn.Module, config: DefectTrainConfig) -> list[dict[str, Any]]:
+    """AdamW's parameter groups, each with the ``lr_factor`` the schedule multiplies ``lr`` by."""
+    encoder = getattr(net, "encoder_parameters", None)
+    if not (config.pretrained and encoder is not None):
+        return [{"params": list(net.parameters()), "lr_factor": 1.0}]
+    slow = {id(p) for p in encoder()}
+    return [
+        {"params": [p for p in net.parameters() if id(p) in slow], "lr_factor": config.backbone_lr_scale},
+        {"params": [p for p in net.parameters() if id(p) not in slow], "lr_factor": 1.0},
+    ]
 
 
 class _BothHeads(nn.Module):
     """``net.forward_both`` as a module's ``forward``: what DistributedDataParallel wraps and hooks."""
 
-    def __init__(self, net: DefectNet) -> None:
+    def __init__(self, net: DefectNet | BackboneDefectNet) -> None:
         super().__init__()
         self.net = net
 
@@ -1205,8 +1288,10 @@ def _ensemble_result(
 ) -> DefectFitResult:
     """The members' :class:`DefectEnsemble`, measured on ``val`` (or out of fold)."""
     # a member that kept several snapshots contributes each of them, so every network weighs the same
-    nets = [n for f in fits for n in (f.net.members if isinstance(f.net, DefectEnsemble) else [f.net])]
-    ensemble = DefectEnsemble([n for n in nets if isinstance(n, DefectNet)]).eval()
+    nets: list[DefectNet | BackboneDefectNet] = []
+    for f in fits:  # DefectEnsemble.members holds DefectNets or BackboneDefectNets
+        nets += list(f.net.members) if isinstance(f.net, DefectEnsemble) else [f.net]  # type: ignore[arg-type]
+    ensemble = DefectEnsemble(nets).eval()
     oof = _out_of_fold(train, folds, fits, config) if folds else None
     if oof is not None:
         auc, measured = auroc(oof.scores[:, 1:].max(axis=1), oof.labels), "out-of-fold"

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -41,6 +41,10 @@ from qcstation.inspect.card import (
 )
 from qcstation.inspect.errors import ModelCardError
 from qcstation.training.errors import CheckpointError, ExportError
+
+if TYPE_CHECKING:
+    from qcstation.training.backbones import BackboneDefectNet
+    from qcstation.training.defectnet import DefectNet
 
 log = logging.getLogger(__name__)
 
@@ -345,13 +349,13 @@ def load_checkpoint_model(path: str | Path) -> CheckpointModel:
             f"{p} is not a qcstation checkpoint: expected the engine's (format {CHECKPOINT_FORMAT!r}) or a "
             "DefectNet one ('config' with 'classes', and 'model') as `qcstation train` writes"
         )
-    from qcstation.training.defectnet import DefectNet, StationModel
+    from qcstation.training.defectnet import StationModel
 
     classes = tuple(str(c) for c in config["classes"])
     in_channels = int(config.get("in_channels", 1))
-    kwargs = _kwargs_for(DefectNet.__init__, config, ("self", "in_channels", "num_classes"))
+    kwargs = _defectnet_spec(config)
     try:
-        net = DefectNet(in_channels, len(classes), **kwargs)
+        net = _defectnet(in_channels, len(classes), config)
         net.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(
@@ -370,6 +374,27 @@ def load_checkpoint_model(path: str | Path) -> CheckpointModel:
         dict(config),
         p,
     )
+
+
+def _defectnet_spec(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture options of a DefectNet checkpoint's config (what members must share)."""
+    from qcstation.training.defectnet import DefectNet
+
+    backbone = str(config.get("backbone", "unet"))
+    if backbone != "unet":
+        return {"backbone": backbone, "pool_topk": float(config.get("pool_topk", 0.0))}
+    return _kwargs_for(DefectNet.__init__, config, ("self", "in_channels", "num_classes"))
+
+
+def _defectnet(
+    in_channels: int, num_classes: int, config: Mapping[str, Any]
+) -> DefectNet | BackboneDefectNet:
+    """The untrained network of a DefectNet checkpoint's config (never fetches pretrained weights)."""
+    from qcstation.training.defectnet import DefectNet, net_from_config
+
+    if str(config.get("backbone", "unet")) != "unet":
+        return net_from_config(num_classes, dict(config), pretrained=False)
+    return DefectNet(in_channels, num_classes, **_defectnet_spec(config))
 
 
 _MEMBER = re.compile(r"member(\d+)")
@@ -417,7 +442,7 @@ def load_ensemble_model(folder: str | Path) -> CheckpointModel:
         used += [(s, load_checkpoint_model(s)) for s in snaps] or [(f, m)]
 
     def spec(m: CheckpointModel) -> dict[str, Any]:
-        arch = _kwargs_for(DefectNet.__init__, m.training, ("self", "in_channels", "num_classes"))
+        arch = _defectnet_spec(m.training)
         return {
             "classes": list(m.classes),
             "in_channels": m.in_channels,
