@@ -15,8 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
+from test_defectnet import tiny_pool  # run as a script: its own folder is on sys.path
 
 from qcstation.training import defectnet
 from qcstation.training.backbones import BackboneDefectNet
@@ -24,18 +24,8 @@ from qcstation.training.defectnet import DefectTrainConfig, Pool, train_defect_n
 
 
 def pool(n: int, seed: int) -> Pool:
-    rng = np.random.default_rng(seed)
-    images, masks = [], []
-    for k in range(n):
-        img = np.clip(rng.normal(150, 8, (32, 32)), 0, 255).astype(np.uint8)
-        mask = np.zeros((32, 32), np.uint8)
-        if k % 2:
-            y, x = rng.integers(6, 26, 2)
-            img[y - 3 : y + 3, x - 3 : x + 3] = 40
-            mask[y - 3 : y + 3, x - 3 : x + 3] = 1
-        images.append(img)
-        masks.append(mask)
-    return Pool(images, masks, [f"img{k}" for k in range(n)])
+    """``n`` 32 px tiles, every other one with a dark square defect (test_defectnet's tiny pool)."""
+    return tiny_pool(n, 32, seed)
 
 
 def digest(net: torch.nn.Module) -> str:

@@ -14,13 +14,18 @@ import torchvision
 from typer.testing import CliRunner
 
 from qcstation.cli import app
-from qcstation.inspect.card import InputSpec, ModelCard, OutputSpec
 from qcstation.inspect.detector import Detector
 from qcstation.training.backbones import BackboneDefectNet, weights_file
 from qcstation.training.defectnet import DefectTrainConfig, StationModel, predict_pool, train_defect_net
 from qcstation.training.errors import CheckpointError, ModelBuildError, WeightsUnavailableError
-from qcstation.training.export import export_onnx, load_checkpoint_model
-from training.test_defectnet import make_spots_dataset, tiny_config, tiny_pool, train_tiny
+from qcstation.training.export import load_checkpoint_model
+from training.test_defectnet import (
+    assert_station_matches_torch,
+    make_spots_dataset,
+    tiny_config,
+    tiny_pool,
+    train_tiny,
+)
 
 
 @pytest.fixture
@@ -58,29 +63,12 @@ def test_a_resnet_backbone_trains_exports_and_the_station_agrees_with_torch(tmp_
     config = resnet_config(max_epochs=1)
     fit = train_defect_net(train, val, config, tmp_path / "ckpt")
     assert isinstance(fit.net, BackboneDefectNet) and fit.epochs_run == 1
-    model = StationModel(fit.net).eval()
-    heads, _ = predict_pool(model, val)
+    heads = assert_station_matches_torch(StationModel(fit.net).eval(), val, 64, tmp_path / "tiny.onnx")
     # the checkpoint rebuilds the same network without fetching anything
     again = load_checkpoint_model(tmp_path / "ckpt" / "best.pt")
     assert again.kind == "defectnet" and isinstance(again.net.net, BackboneDefectNet)
     heads_again, _ = predict_pool(again.net, val)
     np.testing.assert_allclose(heads_again, heads, atol=1e-5)
-    thr = float(np.median(heads[:, 1]))
-    card = ModelCard(
-        name="tiny-resnet",
-        version="1",
-        classes=("good", "defect"),
-        input=InputSpec("image", 64, 64, 1, "GRAY", (0.5,), (0.25,)),
-        output=OutputSpec("probs", image_scores="image_probs"),
-        thresholds={"defect": thr},
-    )
-    report = export_onnx(model, card, tmp_path / "tiny.onnx")
-    assert report.max_abs_diff < 1e-4
-    det = Detector.from_path(tmp_path / "tiny.onnx")
-    for k, image in enumerate(val.images):
-        insp = det.inspect(image)
-        assert insp.image_score == pytest.approx(float(heads[k, 1]), abs=1e-4)
-        assert bool(insp.regions) == (heads[k, 1] >= thr)
 
 
 def test_pretrained_weights_are_read_through_torchvisions_weights_api(torch_home: Path) -> None:

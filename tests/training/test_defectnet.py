@@ -86,24 +86,29 @@ def test_few_steps_export_and_station_verdicts_match_torch(tmp_path: Path) -> No
     config = tiny_config(max_epochs=2, seed=0, num_threads=1)
     fit = train_defect_net(train, val, config, tmp_path / "ckpt")
     assert fit.epochs_run == 2 and (tmp_path / "ckpt" / "best.pt").is_file()
-    model = StationModel(fit.net).eval()
+    assert_station_matches_torch(StationModel(fit.net).eval(), val, 32, tmp_path / "tiny.onnx")
+
+
+def assert_station_matches_torch(model: StationModel, val: Pool, size: int, out: Path) -> np.ndarray:
+    """Export ``model`` with a median threshold; the station's scores and verdicts must be torch's."""
     heads, _ = predict_pool(model, val)
     thr = float(np.median(heads[:, 1]))
     card = ModelCard(
         name="tiny",
         version="1",
         classes=("good", "defect"),
-        input=InputSpec("image", 32, 32, 1, "GRAY", (0.5,), (0.25,)),
+        input=InputSpec("image", size, size, 1, "GRAY", (0.5,), (0.25,)),
         output=OutputSpec("probs", image_scores="image_probs"),
         thresholds={"defect": thr},
     )
-    report = export_onnx(model, card, tmp_path / "tiny.onnx")
+    report = export_onnx(model, card, out)
     assert report.max_abs_diff < 1e-4
-    det = Detector.from_path(tmp_path / "tiny.onnx")
+    det = Detector.from_path(out)
     for k, image in enumerate(val.images):
         insp = det.inspect(image)
         assert insp.image_score == pytest.approx(float(heads[k, 1]), abs=1e-4)
         assert bool(insp.regions) == (heads[k, 1] >= thr)
+    return heads
 
 
 def test_dihedral_tta_is_invariant_to_turns_and_the_ensemble_averages_members() -> None:

@@ -18,6 +18,7 @@ from qcstation.training.backbones import BackboneDefectNet
 from qcstation.training.defectnet import DefectTrainConfig, Pool, train_defect_net
 from qcstation.training.devices import Amp, Distributed, resolve_device, resolve_precision
 from qcstation.training.errors import TrainingError
+from training.test_defectnet import tiny_pool
 
 pytestmark = [pytest.mark.train]
 
@@ -26,18 +27,8 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messa
 
 
 def pool(n: int, seed: int) -> Pool:
-    rng = np.random.default_rng(seed)
-    images, masks = [], []
-    for k in range(n):
-        img = np.clip(rng.normal(150, 8, (32, 32)), 0, 255).astype(np.uint8)
-        mask = np.zeros((32, 32), np.uint8)
-        if k % 2:
-            y, x = rng.integers(6, 26, 2)
-            img[y - 3 : y + 3, x - 3 : x + 3] = 40
-            mask[y - 3 : y + 3, x - 3 : x + 3] = 1
-        images.append(img)
-        masks.append(mask)
-    return Pool(images, masks, [f"img{k}" for k in range(n)])
+    """``n`` 32 px tiles, every other one with a dark square defect (test_defectnet's tiny pool)."""
+    return tiny_pool(n, 32, seed)
 
 
 def tiny(**kw: Any) -> DefectTrainConfig:

@@ -977,25 +977,14 @@ def train_defect_net(
             stopped_by = "time_budget"
             break
     dist.barrier()  # rank 0's best.pt is complete
-    if not main:
-        return DefectFitResult(
-            kept.eval(),
-            best_epoch,
-            best_auc,
-            epoch,
-            time.perf_counter() - t_start,
-            history,
-            stopped_by,
-            device=str(device),
-            precision=precision,
-            world_size=dist.world_size,
-        )
-    kept_net: DefectNet | BackboneDefectNet | DefectEnsemble = _load_net(best_path, config)
-    snapshot_epochs = [best_epoch]
-    if config.snapshots > 1 and len(snaps) > 1:
-        snapshot_epochs = sorted(e for _, e in snaps)
-        kept_net = DefectEnsemble([load_snapshot(out, e, config) for e in snapshot_epochs]).eval()
-        log.info("kept %d snapshots: epochs %s", len(snapshot_epochs), snapshot_epochs)
+    kept_net: DefectNet | BackboneDefectNet | DefectEnsemble = kept.eval()  # other ranks: the last epoch's
+    snapshot_epochs: list[int] = []
+    if main:
+        kept_net, snapshot_epochs = _load_net(best_path, config), [best_epoch]
+        if config.snapshots > 1 and len(snaps) > 1:
+            snapshot_epochs = sorted(e for _, e in snaps)
+            kept_net = DefectEnsemble([load_snapshot(out, e, config) for e in snapshot_epochs]).eval()
+            log.info("kept %d snapshots: epochs %s", len(snapshot_epochs), snapshot_epochs)
     return DefectFitResult(
         kept_net,
         best_epoch,
