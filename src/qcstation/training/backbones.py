@@ -43,7 +43,8 @@ _IMAGENET_GRAY_MEAN, _IMAGENET_GRAY_STD = 0.449, 0.226
 _STATION_MEAN, _STATION_STD = 0.5, 0.25
 
 
-def _check(name: str) -> None:
+def check_backbone(name: str) -> None:
+    """Raise :class:`ModelBuildError` unless ``name`` is a key of :data:`BACKBONES`."""
     if name not in BACKBONES:
         raise ModelBuildError(f"unknown backbone {name!r}; known: unet, {', '.join(sorted(BACKBONES))}")
 
@@ -52,7 +53,7 @@ def weights_file(name: str) -> Path:
     """Where torchvision's weights API keeps (and looks for) the ImageNet weights of backbone ``name``."""
     from torchvision.models import get_weight
 
-    _check(name)
+    check_backbone(name)
     url = str(get_weight(BACKBONES[name][0]).url)
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
@@ -66,7 +67,7 @@ def fetch_weights(name: str) -> dict[str, torch.Tensor]:
     """
     from torchvision.models import get_weight
 
-    _check(name)
+    check_backbone(name)
     weights = get_weight(BACKBONES[name][0])
     try:
         state: dict[str, torch.Tensor] = weights.get_state_dict(progress=False, check_hash=True)
@@ -117,7 +118,7 @@ class BackboneDefectNet(nn.Module):
         pool_topk: float = 0.0,
     ) -> None:
         super().__init__()
-        _check(backbone)
+        check_backbone(backbone)
         if in_channels != 1:
             raise ModelBuildError(f"BackboneDefectNet takes gray input (1 channel), got {in_channels}")
         self.backbone = backbone

@@ -752,19 +752,16 @@ def train_defect_net(
     device = resolve_device(config.device, dist)
     precision = resolve_precision(config.precision, device)
     if config.backbone != "unet":
-        from qcstation.training.backbones import BACKBONES
+        from qcstation.training.backbones import check_backbone
 
-        if config.backbone not in BACKBONES:
-            raise ModelBuildError(
-                f"unknown backbone {config.backbone!r}; known: unet, {', '.join(sorted(BACKBONES))}"
-            )
+        check_backbone(config.backbone)
     if config.pretrained and config.backbone == "unet":
         raise ModelBuildError(
             "--pretrained needs a torchvision backbone (e.g. --backbone resnet18); "
             "the unet is trained from scratch"
         )
     dist.init(device)
-    if config.pretrained and resume is None:
+    if config.pretrained and resume is None and (config.members > 1 or dist.active):
         if dist.is_main:  # once, before members or ranks start: offline, a clear error before any training
             from qcstation.training.backbones import fetch_weights
 
@@ -1037,8 +1034,8 @@ def _load_net(path: Path, config: DefectTrainConfig) -> DefectNet | BackboneDefe
 
 
 _ARCHITECTURE = ("classes", "width", "depth", "size", "pool_topk", "backbone")
-_ARCHITECTURE_DEFAULTS = {"backbone": "unet"}  # what a checkpoint from before a key existed was trained with
 """Config keys a resumed run must share with its checkpoint (the rest may change, e.g. the time budget)."""
+_ARCHITECTURE_DEFAULTS = {"backbone": "unet"}  # what a checkpoint from before a key existed was trained with
 
 
 def _resume_file(resume: str | Path) -> Path:
@@ -1064,9 +1061,10 @@ def _resume_state(resume: str | Path, config: DefectTrainConfig) -> dict[str, An
         )
     mine = config.to_dict()
     for key in _ARCHITECTURE:
-        if state["config"].get(key, _ARCHITECTURE_DEFAULTS.get(key)) != mine[key]:
+        theirs = state["config"].get(key, _ARCHITECTURE_DEFAULTS.get(key))
+        if theirs != mine[key]:
             raise CheckpointError(
-                f"cannot resume from {path}: it was trained with {key}={state['config'].get(key)!r}, this "
+                f"cannot resume from {path}: it was trained with {key}={theirs!r}, this "
                 f"run has {key}={mine[key]!r}"
             )
     return dict(state)
