@@ -32,24 +32,37 @@ def build_model(
     card_overrides: dict[str, Any] | None = None,
     image_head: bool = False,
     gain: float = 20.0,
+    hidden: int = 0,
 ) -> Path:
     """Write a tiny self-describing segmentation model: class 1 fires on dark pixels (x < 0.5).
 
     Class k >= 2 fires on bright pixels (x > 0.5), so multi-class tests have something to find too.
+    With ``hidden`` > 0 a first 1x1 convolution copies the channels' mean into that many channels (with a
+    Relu, which keeps the non-negative pixels as they are) and the class convolution reads those: the same
+    probabilities from a graph with a convolution that does not read the image.
     """
     n = len(classes)
-    w = np.zeros((n, channels, 1, 1), np.float32)
+    reads = hidden or channels
+    w = np.zeros((n, reads, 1, 1), np.float32)
     b = np.zeros((n,), np.float32)
     for k in range(1, n):
         sign = -1.0 if k == 1 else 1.0
-        w[k, :, 0, 0] = sign * gain / channels
+        w[k, :, 0, 0] = sign * gain / reads
         b[k] = -sign * gain * 0.5 - 2.0 * (k - 1)
     inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", channels, size, size])]
     outputs = [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", n, size, size])]
+    initializers = []
     nodes = [
-        helper.make_node("Conv", ["image", "W", "B"], ["logits"]),
+        helper.make_node("Conv", ["features" if hidden else "image", "W", "B"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
     ]
+    if hidden:
+        w1 = np.full((hidden, channels, 1, 1), 1.0 / channels, np.float32)
+        initializers.append(helper.make_tensor("W1", TensorProto.FLOAT, w1.shape, w1.ravel()))
+        nodes[:0] = [
+            helper.make_node("Conv", ["image", "W1"], ["pre"], name="stem"),
+            helper.make_node("Relu", ["pre"], ["features"]),
+        ]
     if image_head:
         nodes.append(helper.make_node("ReduceMax", ["probs"], ["image_scores"], axes=[2, 3], keepdims=0))
         outputs.append(helper.make_tensor_value_info("image_scores", TensorProto.FLOAT, ["N", n]))
@@ -59,6 +72,7 @@ def build_model(
         inputs,
         outputs,
         initializer=[
+            *initializers,
             helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.ravel()),
             helper.make_tensor("B", TensorProto.FLOAT, b.shape, b),
         ],

@@ -34,7 +34,7 @@ def test_quantized_model_loads_with_its_card_and_provenance(
     make_model: ModelFactory, tmp_path: Path, card_of: Callable[[Path], ModelCard]
 ) -> None:
     # given a tiny FP32 model and calibration frames
-    fp32 = make_model("fp32.onnx")
+    fp32 = make_model("fp32.onnx", hidden=4)
     # when it is quantized
     result = quantize_model(fp32, tmp_path / "int8.onnx", _frames(12), calibration_label="test frames")
     # then the result loads as a station model with the same card, marked as quantized
@@ -61,7 +61,7 @@ def test_quantized_model_loads_with_its_card_and_provenance(
 
 def test_quantized_outputs_are_close_to_fp32(make_model: ModelFactory, tmp_path: Path) -> None:
     # given a tiny model and its INT8 copy calibrated on part frames
-    fp32 = Detector.from_path(make_model("fp32.onnx"))
+    fp32 = Detector.from_path(make_model("fp32.onnx", hidden=4))
     int8 = Detector.from_path(quantize_model(fp32.path, tmp_path / "int8.onnx", _frames(12)).path)
     # when both see frames they were not calibrated on
     for frame in _frames(16)[12:]:
@@ -76,6 +76,39 @@ def test_quantized_outputs_are_close_to_fp32(make_model: ModelFactory, tmp_path:
         ]
 
 
+def test_the_convolution_that_reads_the_image_stays_fp32_and_the_rest_is_int8(
+    make_model: ModelFactory, tmp_path: Path
+) -> None:
+    import onnx
+
+    # given a model whose first convolution reads the 1-channel image and whose second reads 4 channels
+    fp32 = make_model("fp32.onnx", hidden=4)
+    # when it is quantized with the default, and with every convolution in int8
+    default = quantize_model(fp32, tmp_path / "default.onnx", _frames(12))
+    every = quantize_model(fp32, tmp_path / "every.onnx", _frames(12), float_image_convs=False)
+
+    def weight_types(path: Path) -> dict[str, int]:
+        graph = onnx.load(str(path)).graph
+        inits = {t.name: t.data_type for t in graph.initializer}
+        # a quantized weight reaches its Conv through a DequantizeLinear of an int8 initializer
+        dq = {n.output[0]: inits.get(n.input[0]) for n in graph.node if n.op_type == "DequantizeLinear"}
+        return {n.name: dq.get(n.input[1], inits.get(n.input[1])) for n in graph.node if n.op_type == "Conv"}
+
+    # then the default keeps the image-reading convolution in float weights and quantizes the other
+    types = weight_types(default.path)
+    assert types["stem"] == onnx.TensorProto.FLOAT
+    assert [t for name, t in types.items() if name != "stem"] == [onnx.TensorProto.INT8]
+    assert default.card.provenance["quantization"]["kept_fp32"] == ["stem"]
+    assert set(weight_types(every.path).values()) == {onnx.TensorProto.INT8}
+    assert every.card.provenance["quantization"]["kept_fp32"] == []
+    # and both still find what the FP32 model finds
+    frame = _frames(13)[12]
+    want = [r.class_name for r in Detector.from_path(fp32).inspect(frame).regions]
+    assert want
+    for q in (default, every):
+        assert [r.class_name for r in Detector.from_path(q.path).inspect(frame).regions] == want
+
+
 def test_weights_use_seven_bits_so_cpus_without_vnni_do_not_saturate(
     make_model: ModelFactory, tmp_path: Path
 ) -> None:
@@ -83,7 +116,7 @@ def test_weights_use_seven_bits_so_cpus_without_vnni_do_not_saturate(
     from onnx import numpy_helper
 
     # given a model quantized with the default and one with full-range weights
-    fp32 = make_model("fp32.onnx", gain=60.0)
+    fp32 = make_model("fp32.onnx", gain=60.0, hidden=4)
     seven = quantize_model(fp32, tmp_path / "seven.onnx", _frames(12))
     full = quantize_model(fp32, tmp_path / "full.onnx", _frames(12), reduce_range=False)
 
@@ -108,7 +141,7 @@ def test_a_full_range_int8_model_warns_where_the_cpu_has_avx2_without_vnni(
 
     # given an FP32 model, its INT8 copy with full-range weights (as made before 7 bits became the default)
     # and one with the default 7-bit weights
-    fp32 = make_model("fp32.onnx")
+    fp32 = make_model("fp32.onnx", hidden=4)
     full = quantize_model(fp32, tmp_path / "full.onnx", _frames(12), reduce_range=False)
     seven = quantize_model(fp32, tmp_path / "seven.onnx", _frames(12))
     avx2 = frozenset({"sse4_2", "fma", "avx2"})

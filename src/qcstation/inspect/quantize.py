@@ -8,6 +8,13 @@ saturate with full-range weights. On such a CPU (an AMD EPYC with AVX2 only) the
 AUROC with full-range weights and 0.002 with 7-bit ones, at the same speed; on an AVX-512 VNNI CPU full-range
 weights lost nothing. A model is quantized once and may run on either, so the default is the safe one.
 
+Convolutions that read the image itself (at most :data:`FLOAT_CONV_MAX_IN_CHANNELS` input channels: the
+stem on a gray or colour frame) stay FP32. Their int8 kernel has almost nothing to sum over (a 3x3 window of
+one channel is 9 products) and runs at full resolution, so it costs more than it saves: on the shipped model,
+on one thread of an AVX-512 / AMX Xeon, the stem alone took 1.4 ms in int8 against 0.2 ms in FP32, and
+keeping it float made the whole INT8 model 1.42x as fast as FP32 instead of 1.27-1.30x, with image AUROC
+0.9894 instead of 0.9872 (FP32 0.9891), docs/PERFORMANCE.md.
+
 ``quantize_static`` writes a new graph; the card (:data:`~qcstation.inspect.card.CARD_KEY`) is
 copied onto it and its provenance records the quantization, so the result loads with
 :meth:`Detector.from_path <qcstation.inspect.detector.Detector.from_path>` and says what it is.
@@ -24,6 +31,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +57,28 @@ Softmax stays float, so the class probabilities the thresholds are applied to ar
 steps. Quantizing the convolutions alone was measured slower than FP32 on the shipped model: the Q/DQ pairs
 around every Relu, Resize and Concat between them cost more than the int8 convolutions saved.
 """
+
+
+FLOAT_CONV_MAX_IN_CHANNELS = 3
+"""Convolutions with at most this many input channels (per group) are left in FP32 (module docstring)."""
+
+
+def image_convs(model: Any, max_in_channels: int = FLOAT_CONV_MAX_IN_CHANNELS) -> list[str]:
+    """Names of the Conv nodes whose weights have at most ``max_in_channels`` input channels per group.
+
+    Args:
+        model: an ``onnx.ModelProto`` (weights as initializers, as the station's exporters write them).
+        max_in_channels: the bound; 0 selects nothing.
+    """
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2:
+            continue
+        dims = weights.get(node.input[1])
+        if dims is not None and len(dims) >= 2 and dims[1] <= max_in_channels:
+            names.append(node.name)
+    return names
 
 
 @dataclass(frozen=True)
@@ -81,6 +111,7 @@ def quantize_model(
     op_types: Sequence[str] | None = DEFAULT_OP_TYPES,
     per_channel: bool = True,
     reduce_range: bool = True,
+    float_image_convs: bool = True,
     calibration_label: str = "frames",
 ) -> QuantizeResult:
     """Write an INT8 (QDQ) copy of a station model, calibrated on real frames, with its card preserved.
@@ -94,6 +125,7 @@ def quantize_model(
         op_types: operator types to quantize (None: every type onnxruntime can quantize).
         per_channel: per-output-channel weight scales (recommended for convolutions).
         reduce_range: 7-bit weights, so CPUs without VNNI do not saturate (module docstring).
+        float_image_convs: leave the convolutions that read the image (:func:`image_convs`) in FP32.
         calibration_label: what the frames were (recorded in the card's provenance), e.g. a folder name.
 
     Returns:
@@ -127,6 +159,7 @@ def quantize_model(
         # shape inference and graph clean-up first, as onnxruntime recommends before quantizing
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre))
+        kept_float = image_convs(onnx.load(str(pre))) if float_image_convs else []
         quantize_static(
             str(pre),
             str(dst),
@@ -138,6 +171,7 @@ def quantize_model(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=kept_float,
         )
     card = det.card.to_dict()
     card["provenance"] = {
@@ -149,6 +183,7 @@ def quantize_model(
             + (", per-channel" if per_channel else ", per-tensor"),
             "activations": "uint8",
             "op_types": list(op_types) if op_types is not None else "all",
+            "kept_fp32": kept_float,
             "calibration": {"method": "MinMax", "frames": len(tensors), "data": calibration_label},
             "from_sha256": det.info.sha256,
             "onnxruntime": ort.__version__,
