@@ -1034,6 +1034,14 @@ def train(
             "hub cache; offline, says which file to copy there)",
         ),
     ] = False,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            "--refit",
+            help="held-out groups with defects train too; only good images stay out, to calibrate on, "
+            "and the members keep their last epoch (no validation AUROC then)",
+        ),
+    ] = False,
 ) -> None:
     """Train a defect model, calibrate it on validation, export it as a self-describing ONNX file.
 
@@ -1084,6 +1092,7 @@ def train(
             precision=precision,
             backbone=backbone,
             pretrained=pretrained,
+            refit=refit,
         )
     except _training_errors() as e:
         raise ConfigError(str(e)) from e

@@ -436,3 +436,57 @@ def test_the_validation_carve_out_follows_split_seed_and_a_resume_must_keep_it(t
     # and resuming run a with that other split is refused, naming the reason
     with pytest.raises(DatasetError, match=r"cannot resume .* other validation images"):
         train("d", seed=1, split_seed=5, resume=tmp_path / "a")
+
+
+def test_keep_last_keeps_the_last_epoch_whatever_validation_says(tmp_path: Path) -> None:
+    train, val = tiny_pool(16, 32, 0), tiny_pool(8, 32, 1)
+    # given a run that keeps its last epoch
+    config = tiny_config(max_epochs=3, seed=0, num_threads=1, keep_last=True)
+    fit = train_defect_net(train, val, config, tmp_path / "ckpt")
+    # then the kept network is the last epoch's: best.pt and last.pt hold the same weights
+    assert fit.epochs_run == 3 and fit.best_epoch == 3
+    best = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)
+    assert best["epoch"] == 3
+    for key, value in best["model"].items():
+        torch.testing.assert_close(value, last["model"][key])
+        torch.testing.assert_close(value, fit.net.state_dict()[key])
+    # and it cannot be combined with keeping several validation-chosen snapshots
+    with pytest.raises(TrainingError, match="keep_last"):
+        train_defect_net(train, val, replace(config, snapshots=2), tmp_path / "bad")
+
+
+def test_a_refit_trains_every_defective_group_and_calibrates_on_held_out_good_images(tmp_path: Path) -> None:
+    from qcstation.training.api import VALIDATION_LIST
+
+    root = make_spots_dataset(tmp_path / "data")
+    # given the same split trained plainly and as a refit
+    plain = train_tiny(root, tmp_path / "plain.onnx", tmp_path / "plain", evaluate_split=None)
+    refit = train_tiny(root, tmp_path / "refit.onnx", tmp_path / "refit", evaluate_split=None, refit=True)
+    held_plain = (tmp_path / "plain" / "checkpoints" / VALIDATION_LIST).read_text().splitlines()
+    held_refit = (tmp_path / "refit" / "checkpoints" / VALIDATION_LIST).read_text().splitlines()
+    # then the plain run held out both kinds; the refit only the good ones, and trained the defective ones
+    assert any("MT_Spot" in p for p in held_plain) and any("MT_Free" in p for p in held_plain)
+    assert held_refit == [p for p in held_plain if p.startswith("MT_Free/")]
+    prov = Detector.from_path(tmp_path / "refit.onnx").card.provenance
+    moved = len(held_plain) - len(held_refit)
+    assert prov["split"]["val"] == len(held_refit) and prov["split"]["train"] == 18 - len(held_refit)
+    assert f"refit: their {moved} image(s)" in prov["split"]["validation"]
+    assert prov["training"]["keep_last"] is True
+    # and the validation figures say no defect was held out, with the false-reject rate it calibrated to
+    assert "image_auroc" in plain["val"] and "image_auroc" not in refit["val"]
+    assert refit["val"]["defective_images"] == 0 and "refit" in refit["val"]["defects"]
+    assert 0.0 <= refit["val"]["false_reject_rate_at_threshold"] <= 0.5
+
+
+def test_a_refit_needs_a_good_group_held_out(tmp_path: Path) -> None:
+    from qcstation.training.api import refit_split
+    from qcstation.training.errors import DatasetError
+
+    loaded = MaskFoldersReader.open(make_spots_dataset(tmp_path / "data")).load((32, 32))
+    spots = [k for k, s in enumerate(loaded) if s.mask.any()]
+    goods = [k for k, s in enumerate(loaded) if not s.mask.any()]
+    train, held = refit_split(loaded, goods[2:], goods[:2] + spots[:3])
+    assert train == sorted(goods[2:] + spots[:3]) and held == goods[:2]
+    with pytest.raises(DatasetError, match="no good image is left out"):
+        refit_split(loaded, goods, spots[:3])

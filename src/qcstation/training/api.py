@@ -219,6 +219,28 @@ def _pool(items: Sequence[LoadedSample]) -> Pool:
     )
 
 
+def refit_split(
+    samples: Sequence[LoadedSample], train_idx: Sequence[int], val_idx: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """Move every held-out group that has a defective image to the training side (a refit).
+
+    Returns:
+        (train indices, held-out indices), each sorted; the held-out ones are all good images.
+
+    Raises:
+        DatasetError: every held-out group has a defect, so nothing is left to calibrate on.
+    """
+    defective = {samples[i].sample.group for i in val_idx if samples[i].mask.any()}
+    moved = [i for i in val_idx if samples[i].sample.group in defective]
+    kept = [i for i in val_idx if samples[i].sample.group not in defective]
+    if not kept:
+        raise DatasetError(
+            "refit: every held-out group has a defective image, so no good image is left out to calibrate "
+            "the threshold on; hold out more of the groups (val_fraction) or train without the refit"
+        )
+    return sorted([*train_idx, *moved]), sorted(kept)
+
+
 def train_main(
     dataset: str | Path,
     out: str | Path,
@@ -247,6 +269,7 @@ def train_main(
     precision: str = "auto",
     backbone: str = "unet",
     pretrained: bool = False,
+    refit: bool = False,
 ) -> dict[str, Any]:
     """Train, calibrate, export and (when the dataset has a test side) evaluate a defect model.
 
@@ -295,6 +318,11 @@ def train_main(
             ("resnet18", "resnet34", "resnet50"; :mod:`qcstation.training.backbones`).
         pretrained: start the ResNet encoder from torchvision's ImageNet weights (downloaded once into
             the torch hub cache; offline, a clear error naming the file to copy there).
+        refit: supervised mode: of the held-out groups, those with a defective image train too (the scarce
+            defects all teach), and only the good groups stay out, to calibrate the threshold on. Nothing
+            is then left to choose an epoch on, so the members keep their last epoch
+            (``DefectTrainConfig.keep_last``; their validation curve is logged on those good images with
+            synthetic anomalies drawn onto copies), and the summary has no validation AUROC or recall.
 
     Started by ``torchrun`` (several processes, e.g. one per GPU), every process runs this function: they
     train together, and rank 0 alone calibrates, exports and evaluates (the other ranks return
@@ -342,6 +370,19 @@ def train_main(
     if not train_side:
         raise DatasetError(f"{reader.root}: no training images" + (" on the train side" if has_split else ""))
     tr_idx, va_idx = split_by_group([s.sample for s in train_side], val_fraction, split_seed)
+    refit_moved = 0
+    if refit:
+        if mode != "supervised":
+            raise DatasetError("refit is for supervised training (good-only validation is synthetic already)")
+        before = len(va_idx)
+        tr_idx, va_idx = refit_split(train_side, tr_idx, va_idx)
+        refit_moved = before - len(va_idx)
+        log.info(
+            "refit: %d held-out image(s) of groups with defects train too; %d good image(s) stay out to "
+            "calibrate on, and the members keep their last epoch",
+            refit_moved,
+            len(va_idx),
+        )
     held_out = sorted(train_side[i].sample.image.relative_to(reader.root).as_posix() for i in va_idx)
     held_out_sha = _check_held_out(held_out, work / "checkpoints", resume, write=dist.is_main)
     used = [s for s in loaded if mode != "good_only" or s.source_class == "good" or s.split != "train"]
@@ -352,6 +393,9 @@ def train_main(
     val_pool = _pool([train_side[i] for i in va_idx])
     if mode == "good_only":
         val_pool = synthetic_validation(val_pool, split_seed + 1)
+    # what the training loop validates on: a refit's held-out images are all good, so anomalies are drawn
+    # onto copies of them to keep a curve to watch (nothing is chosen on it)
+    loop_val = synthetic_validation(val_pool, split_seed + 1) if refit else val_pool
     recipe = dict(SUPERVISED_RECIPE) if mode == "supervised" else {}
     if time_budget_min is not None:
         recipe["time_budget_min"] = time_budget_min
@@ -370,9 +414,10 @@ def train_main(
         precision=precision,
         backbone=backbone,
         pretrained=pretrained,
+        keep_last=refit,
         **recipe,
     )
-    fit = train_defect_net(train_pool, val_pool, config, work / "checkpoints", resume=resume)
+    fit = train_defect_net(train_pool, loop_val, config, work / "checkpoints", resume=resume)
     if not dist.is_main:
         return {"rank": dist.rank, "work_dir": str(work), "train_seconds": round(fit.seconds, 1)}
     station = StationModel(fit.net, tta=config.tta).eval()
@@ -381,18 +426,22 @@ def train_main(
     val_y = val_pool.labels()
     good_val = val_scores[val_y == 0]
     thr = float(np.clip(threshold_at_frr(good_val, target_false_reject), 1e-4, 1.0))
-    val_recall = float((val_scores[val_y == 1] >= thr).mean())
     val_frr = float((good_val >= thr).mean())
-    val_metrics = {
+    val_metrics: dict[str, Any] = {
         "split": "val",
         "images": len(val_y),
         "defective_images": int(val_y.sum()),
         "defects": "synthetic" if mode == "good_only" else "real",
-        "image_auroc": round(auroc(val_scores, val_y), 4),
-        "recall_at_2pct_frr": round(recall_at_frr(val_scores, val_y, 0.02)[0], 4),
-        "recall_at_threshold": round(val_recall, 4),
-        "false_reject_rate_at_threshold": round(val_frr, 4),
     }
+    if val_y.any():
+        val_metrics |= {
+            "image_auroc": round(auroc(val_scores, val_y), 4),
+            "recall_at_2pct_frr": round(recall_at_frr(val_scores, val_y, 0.02)[0], 4),
+            "recall_at_threshold": round(float((val_scores[val_y == 1] >= thr).mean()), 4),
+        }
+    else:  # a refit: every defective group trained
+        val_metrics["defects"] = "none held out (refit: good images only, for calibration)"
+    val_metrics["false_reject_rate_at_threshold"] = round(val_frr, 4)
     split_file = reader.root / SPLIT_FILE
     card = ModelCard(
         name=name or f"{reader.root.name}-{mode.replace('_', '-')}",
@@ -419,7 +468,13 @@ def train_main(
                 if split_file.is_file()
                 else None,
                 "train_side_images": len(train_side),
-                "validation": f"{val_fraction:.0%} of the training side's groups, seed {split_seed}",
+                "validation": f"{val_fraction:.0%} of the training side's groups, seed {split_seed}"
+                + (
+                    f"; refit: their {refit_moved} image(s) in groups with defects trained, the good ones "
+                    "calibrate"
+                    if refit
+                    else ""
+                ),
                 "validation_sha256": held_out_sha,
                 "train": len(tr_idx),
                 "val": len(va_idx),
