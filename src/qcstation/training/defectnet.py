@@ -731,6 +731,8 @@ def train_defect_net(
 ) -> DefectFitResult:
     """Train a :class:`DefectNet` within a time budget; keep the epoch with the best validation image AUROC.
 
+    With ``config.keep_last`` the last epoch is kept instead (validation is still scored and logged).
+
     With ``config.members > 1`` the members train at the same time in separate processes (each with its
     share of the threads, seed ``seed + k``, folder ``member<k>``) and the result is their
     :class:`DefectEnsemble`.
