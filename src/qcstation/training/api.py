@@ -431,7 +431,9 @@ def train_main(
         "split": "val",
         "images": len(val_y),
         "defective_images": int(val_y.sum()),
-        "defects": "synthetic" if mode == "good_only" else "real",
+        "defects": "synthetic"
+        if mode == "good_only"
+        else ("none held out (refit: good images only, for calibration)" if refit else "real"),
     }
     if val_y.any():
         val_metrics |= {
@@ -439,8 +441,6 @@ def train_main(
             "recall_at_2pct_frr": round(recall_at_frr(val_scores, val_y, 0.02)[0], 4),
             "recall_at_threshold": round(float((val_scores[val_y == 1] >= thr).mean()), 4),
         }
-    else:  # a refit: every defective group trained
-        val_metrics["defects"] = "none held out (refit: good images only, for calibration)"
     val_metrics["false_reject_rate_at_threshold"] = round(val_frr, 4)
     split_file = reader.root / SPLIT_FILE
     card = ModelCard(
