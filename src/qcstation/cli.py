@@ -977,6 +977,19 @@ def train(
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
+    size: Annotated[
+        int,
+        typer.Option(
+            "--size", min=32, help="side of the square model input in pixels; frames are resized to it"
+        ),
+    ] = 256,
+    width: Annotated[
+        int, typer.Option("--width", min=4, help="first-stage channels of the U-Net (capacity and cost)")
+    ] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="images per training step")] = 12,
+    lr: Annotated[
+        float, typer.Option("--lr", min=1e-6, max=1.0, help="AdamW peak learning rate (cosine schedule)")
+    ] = 2e-3,
     seed: Annotated[int, typer.Option("--seed", help="seed of the initial weights and augmentation")] = 0,
     split_seed: Annotated[
         int, typer.Option("--split-seed", help="seed of the validation carve-out (the same for every --seed)")
@@ -1053,6 +1066,8 @@ def train(
     _training("train")
     if mode not in ("supervised", "good_only"):
         raise ConfigError(f"--mode: expected supervised or good_only, got {mode!r}")
+    if width != 16 and backbone != "unet":
+        raise ConfigError(f"--width sets the unet's channels; the {backbone} encoder has its own")
     try:
         from qcstation.training.augment import is_preset, load_config
 
@@ -1081,6 +1096,10 @@ def train(
             layout=layout,
             epochs=epochs,
             time_budget_min=time_budget,
+            size=size,
+            width=width,
+            batch_size=batch_size,
+            lr=lr,
             seed=seed,
             split_seed=split_seed,
             evaluate_split=None if evaluate_split == "none" else evaluate_split,

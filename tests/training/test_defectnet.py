@@ -490,3 +490,31 @@ def test_a_refit_needs_a_good_group_held_out(tmp_path: Path) -> None:
     assert train == sorted(goods[2:] + spots[:3]) and held == goods[:2]
     with pytest.raises(DatasetError, match="no good image is left out"):
         refit_split(loaded, goods, spots[:3])
+
+
+def test_pairwise_rank_loss_charges_good_images_that_outscore_defective_ones() -> None:
+    from qcstation.training.defectnet import pairwise_rank_loss
+
+    labels = torch.tensor([0, 0, 1, 2])
+    # given defects scored far above every good image, then the same scores with one good image on top
+    ordered = torch.tensor([[4.0, -4.0, -4.0], [3.0, -3.0, -3.0], [-3.0, 4.0, -4.0], [-3.0, -4.0, 5.0]])
+    misordered = ordered.clone()
+    misordered[1] = torch.tensor([-6.0, 6.0, -6.0])
+    assert pairwise_rank_loss(ordered, labels).item() < 1e-3
+    # then only the misordered batch costs, and its gradient pushes that good image down
+    logits = misordered.clone().requires_grad_(True)
+    loss = pairwise_rank_loss(logits, labels)
+    loss.backward()
+    assert loss.item() > 1.0
+    assert logits.grad is not None and logits.grad[1, 0] < 0 < logits.grad[1, 1]
+    # and a batch without both kinds adds nothing but keeps the graph
+    alone = pairwise_rank_loss(ordered[:2].clone().requires_grad_(True), labels[:2])
+    assert alone.item() == 0.0 and alone.requires_grad
+
+
+def test_training_with_the_rank_term_records_it_and_learns(tmp_path: Path) -> None:
+    train, val = tiny_pool(16, 32, 0), tiny_pool(8, 32, 1)
+    config = tiny_config(max_epochs=2, seed=0, num_threads=1, rank_loss_weight=1.0)
+    fit = train_defect_net(train, val, config, tmp_path / "ckpt")
+    assert fit.epochs_run == 2 and all(np.isfinite(h["train_loss"]) for h in fit.history)
+    assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)["config"]["rank_loss_weight"] == 1.0

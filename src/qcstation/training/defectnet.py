@@ -574,6 +574,10 @@ class DefectTrainConfig:
             clear error when they cannot be had, e.g. offline).
         backbone_lr_scale: with ``pretrained``, the encoder learns at this share of ``lr`` (the decoder and
             heads at ``lr``), so the first steps do not wash out what ImageNet taught it.
+        rank_loss_weight: weight of a pairwise ranking term on the image head (0: off): every defective
+            image of a batch should score above every good one (:func:`pairwise_rank_loss`), which is what
+            recall at a low false-reject rate asks of the scores, where the cross-entropy judges each image
+            on its own.
         keep_last: keep the last epoch's weights (the end of the cosine schedule) instead of the epoch with
             the best validation AUROC: for a refit, whose validation images hold no real defects to choose
             an epoch on. Validation is still scored and logged every epoch; ``best.pt`` then holds the last
@@ -614,6 +618,7 @@ class DefectTrainConfig:
     pretrained: bool = False
     backbone_lr_scale: float = 0.1
     keep_last: bool = False
+    rank_loss_weight: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values."""
@@ -926,6 +931,8 @@ def train_defect_net(
             inter = (probs * onehot).sum((0, 2, 3))
             dice = 1 - ((2 * inter + 1) / (probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1)).mean()
             loss = ce + dice + config.image_loss_weight * F.cross_entropy(img, y_img)
+            if config.rank_loss_weight > 0:
+                loss = loss + config.rank_loss_weight * pairwise_rank_loss(img, y_img)
             if maker.hard_good > 0:
                 maker.score_good(1.0 - img.detach().softmax(dim=1)[:, 0].cpu().numpy())
             if not torch.isfinite(loss):
@@ -1166,6 +1173,24 @@ class _BothHeads(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.net.forward_both(x)
+
+
+def pairwise_rank_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """RankNet's logistic loss over every (defective, good) pair of a batch, on the image head's log-odds.
+
+    Args:
+        logits: N x C image logits, class 0 = good.
+        labels: N image labels (0: good).
+
+    Returns:
+        The mean of ``softplus(s_good - s_defective)`` over the pairs, where ``s`` is the log-odds of any
+        defect (``logsumexp`` of the defect logits minus the good logit); 0 when the batch lacks either kind.
+    """
+    s = torch.logsumexp(logits[:, 1:], dim=1) - logits[:, 0]
+    bad, good = s[labels > 0], s[labels == 0]
+    if bad.numel() == 0 or good.numel() == 0:
+        return logits.sum() * 0.0  # keeps the graph (and the device) of a real loss
+    return F.softplus(good.unsqueeze(0) - bad.unsqueeze(1)).mean()
 
 
 @torch.no_grad()
