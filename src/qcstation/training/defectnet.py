@@ -663,7 +663,8 @@ instead of three (AUROC 0.914 vs 0.940 and 0.914 for two runs of three, recall a
 weight decay 0.05 instead of 1e-4 (AUROC 0.917 vs 0.938, recall at 2 % 0.40 vs 0.38, run 36), and a wider
 U-Net (``width=24``: 1.8x the cost of a step, so ~75 epochs; AUROC 0.936, recall at 2 % 0.36, below the
 default's range of 0.938-0.946 and 0.38-0.60, unpaired on another VM, run 37), and a pairwise ranking
-term on the image head (``rank_loss_weight=1``: AUROC 0.914, recall at 2 % 0.54, run 38). Good-only
+term on the image head (``rank_loss_weight=1``: AUROC 0.914, recall at 2 % 0.54, run 38), and
+hard-negative mining in this recipe (``hard_good=0.5``: AUROC 0.962 but recall at 2 % 0.54, run 39). Good-only
 mode keeps the plain defaults, with which its recorded figures were made.
 """
 
