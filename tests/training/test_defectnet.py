@@ -518,3 +518,42 @@ def test_training_with_the_rank_term_records_it_and_learns(tmp_path: Path) -> No
     fit = train_defect_net(train, val, config, tmp_path / "ckpt")
     assert fit.epochs_run == 2 and all(np.isfinite(h["train_loss"]) for h in fit.history)
     assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)["config"]["rank_loss_weight"] == 1.0
+
+
+def test_block_mask_hides_whole_blocks_at_the_asked_ratio() -> None:
+    from qcstation.training.defectnet import block_mask
+
+    hidden = block_mask(64, 40, 8, 0.5, np.random.default_rng(0))
+    assert hidden.shape == (64, 1, 40, 40)
+    blocks = hidden.reshape(64, 1, 5, 8, 5, 8)
+    # each 8 x 8 block is hidden or shown whole, and about half of them are hidden
+    assert torch.equal(blocks.amin((3, 5)), blocks.amax((3, 5)))
+    assert 0.4 < float(hidden.mean()) < 0.6
+
+
+def test_inpainting_warm_up_learns_to_fill_hidden_blocks_then_supervised_training_goes_on(
+    tmp_path: Path,
+) -> None:
+    from qcstation.training.defectnet import inpaint_pretrain
+
+    train, val = tiny_pool(16, 32, 0), tiny_pool(8, 32, 1)
+    config = tiny_config(max_epochs=2, seed=0, num_threads=1)
+    net = DefectNet(1, 2, width=8, depth=2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rows = inpaint_pretrain(net, train, config, 4.0, tmp_path, block=8)
+    assert len(rows) >= 3 and (tmp_path / "inpaint.csv").is_file()
+    assert rows[-1]["loss"] < 0.6 * rows[0]["loss"]
+    assert any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
+    # in the loop: the warm-up's share of the budget comes first, the supervised epochs get the rest
+    warm = replace(config, inpaint_pretrain=0.5, time_budget_min=0.1, max_epochs=10_000)
+    fit = train_defect_net(train, val, warm, tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "inpaint.csv").is_file() and fit.epochs_run >= 1
+    assert 2.5 < fit.seconds < 5.0
+    assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)["config"]["inpaint_pretrain"] == 0.5
+
+
+def test_inpainting_warm_up_is_for_the_unet_alone(tmp_path: Path) -> None:
+    pytest.importorskip("torchvision")
+    config = tiny_config(max_epochs=1, num_threads=1, backbone="resnet18", inpaint_pretrain=0.2)
+    with pytest.raises(TrainingError, match="unet backbone only"):
+        train_defect_net(tiny_pool(8, 32, 0), tiny_pool(8, 32, 1), config, tmp_path)

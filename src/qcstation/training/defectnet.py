@@ -136,8 +136,8 @@ class DefectNet(UNetSmall):
             nn.Linear(feats, 64), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(64, num_classes)
         )
 
-    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(segmentation logits N x C x H x W, image logits N x C)."""
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(decoder output at the stem's resolution, deepest encoder stage, the stage above it)."""
         inp = x
         if self.local_contrast:
             inp = torch.cat([x, 4.0 * (x - box_mean(x, self.local_contrast))], dim=1)
@@ -150,6 +150,11 @@ class DefectNet(UNetSmall):
             skip = skips.pop()
             y = F.interpolate(reduce(y), size=skip.shape[-2:], mode="bilinear", align_corners=False)
             y = refine(F.relu(y + skip))
+        return y, deep, mid
+
+    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(segmentation logits N x C x H x W, image logits N x C)."""
+        y, deep, mid = self.features(x)
         seg: torch.Tensor = self.head(y)
         if self.stem_stride != 1:  # a Python condition: exported graphs must not branch on shapes
             seg = F.interpolate(seg, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -551,6 +556,9 @@ class DefectTrainConfig:
             own images).
         synthetic_pretrain: supervised mode: share of the time budget spent first on synthetic anomalies
             only (every defective draw synthetic), before the real defects join.
+        inpaint_pretrain: share of the time budget spent first on a self-supervised warm-up of the U-Net
+            (:func:`inpaint_pretrain`: fill in masked blocks of the training images, labels unused) before
+            the supervised training starts on its weights (0: off; the ``unet`` backbone only).
         members: networks trained (in parallel processes, each seeded ``seed + k``, each with its share
             of the threads) and averaged into one :class:`DefectEnsemble`.
         snapshots: checkpoints each member keeps: its ``snapshots`` best epochs by validation image AUROC,
@@ -604,6 +612,7 @@ class DefectTrainConfig:
     pool_topk: float = 0.0
     ema_decay: float = 0.0
     synthetic_pretrain: float = 0.0
+    inpaint_pretrain: float = 0.0
     hard_good: float = 0.0
     paste_share: float = 0.0
     members: int = 1
@@ -730,6 +739,90 @@ def predict_pool(
     return np.concatenate(heads), np.concatenate(maxima)
 
 
+def block_mask(n: int, size: int, block: int, ratio: float, rng: np.random.Generator) -> torch.Tensor:
+    """N x 1 x size x size mask, 1 where a ``block``-pixel square is hidden (a ``ratio`` of them)."""
+    g = -(-size // block)
+    hidden = torch.from_numpy((rng.random((n, 1, g, g)) < ratio).astype(np.float32))
+    return hidden.repeat_interleave(block, 2).repeat_interleave(block, 3)[:, :, :size, :size]
+
+
+def inpaint_pretrain(
+    net: DefectNet,
+    pool: Pool,
+    config: DefectTrainConfig,
+    seconds: float,
+    out: Path | None,
+    *,
+    device: torch.device | None = None,
+    block: int = 32,
+    ratio: float = 0.5,
+) -> list[dict[str, float]]:
+    """Self-supervised warm-up: the U-Net learns to fill in hidden blocks of the training images.
+
+    Half of every image's ``block``-pixel squares are set to the normalised mean and the network, through
+    its decoder and a throw-away 1x1 head, predicts the hidden pixels (L1 loss on them alone). The labels
+    are not used: what it learns is what these parts' surfaces look like, from every training image,
+    before the few dozen labeled defects teach it what matters (a context encoder / masked image
+    modelling on the images at hand, the one kind of pretraining a station without ImageNet weights has).
+    AdamW at ``config.lr`` with a warm-up and a cosine decay over ``seconds``; the image head is untouched.
+
+    Returns:
+        One row per pass over the images: {"pass", "loss", "seconds"} (also appended to
+        ``out/inpaint.csv``).
+    """
+    device = device or torch.device("cpu")
+    rng = np.random.default_rng(config.seed + 7)
+    maker = BatchMaker(
+        pool, config.batch_size, preset=config.preset, rotate90=config.rotate90, seed=config.seed + 7
+    )
+    c0 = net.head.in_channels
+    head = nn.Conv2d(c0, net.stem[0].in_channels // (2 if net.local_contrast else 1), 1).to(device)
+    params = list(net.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_pass = max(1, len(pool.images) // config.batch_size)
+    rows: list[dict[str, float]] = []
+    net.train()
+    t0 = time.perf_counter()
+    step, loss_sum, done = 0, 0.0, False
+    while not done:
+        t_pass = time.perf_counter()
+        for _ in range(steps_per_pass):
+            progress = (time.perf_counter() - t0) / seconds
+            if progress >= 1.0:
+                done = True
+                break
+            scale = (step + 1) / 50 if step < 50 else 0.5 * (1 + math.cos(math.pi * progress))
+            for g in opt.param_groups:
+                g["lr"] = config.lr * scale
+            x, _ = maker()
+            hidden = block_mask(x.shape[0], x.shape[-1], block, ratio, rng)
+            x, hidden = x.to(device), hidden.to(device)
+            y, _, _ = net.features((x * (1 - hidden)).contiguous(memory_format=torch.channels_last))
+            recon = F.interpolate(head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            loss = ((recon - x).abs() * hidden).sum() / hidden.sum().clamp(min=1.0) / x.shape[1]
+            if not torch.isfinite(loss):
+                raise TrainingError(f"inpainting warm-up loss became {loss.item()}; lower the lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            loss_sum += float(loss.item())
+        n = step - sum(int(r["steps"]) for r in rows)
+        if n:
+            row = {
+                "pass": len(rows) + 1,
+                "steps": n,
+                "loss": loss_sum / n,
+                "seconds": time.perf_counter() - t_pass,
+            }
+            rows.append(row)
+            loss_sum = 0.0
+            log.info("inpainting warm-up pass %d  L1 %.4f  %.0fs", row["pass"], row["loss"], row["seconds"])
+            if out is not None:
+                _append(out / "inpaint.csv", row)
+    return rows
+
+
 def train_defect_net(
     train: Pool,
     val: Pool,
@@ -815,6 +908,15 @@ def train_defect_net(
         .to(device)
         .to(memory_format=torch.channels_last)
     )
+    budget = config.time_budget_min * 60.0
+    if config.inpaint_pretrain > 0:
+        if not isinstance(net, DefectNet):
+            raise TrainingError("inpaint_pretrain warms up the unet backbone only")
+        warm_up = budget * config.inpaint_pretrain
+        budget -= warm_up  # the supervised loop's budget, its schedule and a resumed run's clock
+        if state is None:  # a resumed run's last.pt holds weights that were warmed up already
+            inpaint_pretrain(net, train, config, warm_up, out if main else None, device=device)
+            t_start = time.perf_counter()
     both = _BothHeads(net)
     # DDP hooks the wrapped module's forward, hence the wrapper around forward_both
     gpu = [device.index] if device.type == "cuda" else None
@@ -840,7 +942,6 @@ def train_defect_net(
     # one epoch is still one pass over the training images, shared among the ranks
     steps_per_epoch = max(1, len(train.images) // (config.batch_size * dist.world_size))
     opt = torch.optim.AdamW(_param_groups(net, config), lr=config.lr, weight_decay=config.weight_decay)
-    budget = config.time_budget_min * 60.0
     total_steps = config.max_epochs * steps_per_epoch
     warmup = min(100, total_steps // 10 + 1)
     pixels = np.bincount(np.concatenate([m.ravel() for m in train.masks]), minlength=c)[:c].astype(np.float64)
