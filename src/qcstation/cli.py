@@ -1125,8 +1125,18 @@ def train(
 def evaluate(
     model: Annotated[Path, typer.Argument(help="the .onnx model")],
     dataset: Annotated[str, typer.Argument(help="dataset folder (or a name under $QCSTATION_DATASETS)")],
-    split: Annotated[str, typer.Option("--split", help="split.json side, or all")] = "test",
+    split: Annotated[
+        str | None, typer.Option("--split", help="split.json side, or all (default: test; all with --images)")
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="report folder")] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="only the images this file lists (one dataset-relative path per line), e.g. a training "
+            "run's checkpoints/validation.txt: look at the misses without touching the test split",
+        ),
+    ] = None,
 ) -> None:
     """Image-level AUROC/AP, recall at 1/2/5 % false rejects, region and pixel figures, plots and a report."""
     from qcstation.station.errors import ConfigError
@@ -1134,8 +1144,11 @@ def evaluate(
     _training("evaluate")
     from qcstation.training.evaluate import evaluate_main
 
+    side = split or ("all" if images is not None else "test")
     try:
-        result = evaluate_main(model, dataset, split=None if split == "all" else split, out_dir=out_dir)
+        result = evaluate_main(
+            model, dataset, split=None if side == "all" else side, out_dir=out_dir, images=images
+        )
     except _training_errors() as e:
         raise ConfigError(str(e)) from e
     sys.stdout.write(json.dumps(result["metrics"], default=str, indent=2) + "\n")

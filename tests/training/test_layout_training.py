@@ -19,7 +19,7 @@ from qcstation.inspect.detector import Detector
 from qcstation.training.data import SegmentationDataset, Subset, normalise, split_by_group, train_transform
 from qcstation.training.defectnet import SUPERVISED_RECIPE
 from qcstation.training.engine import TrainConfig, fit, model_from_checkpoint
-from qcstation.training.errors import CheckpointError
+from qcstation.training.errors import CheckpointError, DatasetError
 from qcstation.training.export import export_checkpoint, load_checkpoint_model, peak_verdicts
 from qcstation.training.layouts import open_dataset
 from qcstation.training.nets import build_model
@@ -362,3 +362,34 @@ def test_evaluate_reads_the_test_side_of_any_layout(tmp_path: Path) -> None:
 def _best(ckpt: Path) -> Path:
     """A run's best.pt; supervised runs train several members, each with its own."""
     return ckpt / "best.pt" if (ckpt / "best.pt").exists() else ckpt / "member0" / "best.pt"
+
+
+def test_evaluate_on_a_listed_set_of_images_such_as_a_runs_validation_list(tmp_path: Path) -> None:
+    from qcstation.training.evaluate import evaluate_main
+
+    root = WRITERS["yolo_seg"](tmp_path / "y", sides=True, test=True)
+    checkpoint = _train(root, tmp_path / "run")
+    export_checkpoint(checkpoint, tmp_path / "m.onnx", dataset=root, size=SIZE, latency_runs=3)
+    every = evaluate_main(tmp_path / "m.onnx", root, split=None, out_dir=tmp_path / "all")["rows"]
+    train_side = [r for r in every if r["file"].startswith("images/train/")]
+    good = next(r["file"] for r in train_side if not r["defective"])
+    bad = next(r["file"] for r in train_side if r["defective"])
+    listed = [bad, "images/test/part_0005.png", good]
+    listing = tmp_path / "validation.txt"
+    listing.write_text("".join(f"{n}\n" for n in listed) + "\n")
+    ev = evaluate_main(tmp_path / "m.onnx", root, split=None, out_dir=tmp_path / "eval", images=listing)
+    assert [r["file"] for r in ev["rows"]] == listed
+    assert ev["metrics"]["images"] == 3 and ev["metrics"]["image_list"] == str(listing)
+    assert f"the images listed in {listing}" in ev["report"].read_text()
+    # the list and a split side together: the listed images must be on that side
+    with pytest.raises(DatasetError, match=r"2 of the 3 images listed .* not on split side 'test'"):
+        evaluate_main(tmp_path / "m.onnx", root, split="test", images=listing)
+    listing.write_text("images/test/part_0005.png\n")
+    with pytest.raises(DatasetError, match=r"the images listed in .* need good and defective images"):
+        evaluate_main(tmp_path / "m.onnx", root, split=None, images=listing)
+    listing.write_text("images/train/no_such_part.png\n")
+    with pytest.raises(DatasetError, match="no_such_part"):
+        evaluate_main(tmp_path / "m.onnx", root, split=None, images=listing)
+    listing.write_text("\n")
+    with pytest.raises(DatasetError, match="names no image"):
+        evaluate_main(tmp_path / "m.onnx", root, split=None, images=listing)

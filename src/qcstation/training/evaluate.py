@@ -130,6 +130,7 @@ def evaluate_main(
     out_dir: str | Path | None = None,
     figures_dir: str | Path | None = None,
     worst: int = 12,
+    images: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate an exported model on one side of a dataset (any layout), exactly as the station scores it.
 
@@ -145,12 +146,17 @@ def evaluate_main(
         figures_dir: where the plots go (default: ``out_dir``); the worst-misses grid (it shows dataset
             images) always stays in ``out_dir``.
         worst: defective images with the lowest scores to show in the grid.
+        images: a file listing the images to evaluate, one path relative to the dataset per line, such as
+            a training run's ``checkpoints/validation.txt``: the report on the held-out images a run chose
+            its epochs and thresholds on, where an engineer may look at the misses without touching the
+            test split. With ``split`` as well, the listed images on that side.
 
     Returns:
         ``{"metrics": {...}, "report": path of report.md, "rows": per-image rows}``.
 
     Raises:
-        DatasetError: no image on that side, or no good or no defective image among them.
+        DatasetError: no image on that side, or no good or no defective image among them; an ``images``
+            list naming files the dataset does not hold (or none on ``split``).
     """
     import json
     import tempfile
@@ -170,6 +176,8 @@ def evaluate_main(
     det = Detector.from_path(model)
     reader = open_dataset(resolve_dataset(dataset))
     samples = [s for s in reader.samples() if split is None or reader.split_of(s) == split]
+    if images is not None:
+        samples = _listed_samples(samples, reader.root, Path(images), split)
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="qcstation-eval-"))
     figs = Path(figures_dir) if figures_dir is not None else out
     out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +230,8 @@ def evaluate_main(
     y = np.array([r["defective"] for r in rows])
     score = np.array([r["score"] for r in rows], np.float64)
     if y.min() == y.max():
-        raise DatasetError(f"split side {split!r} needs good and defective images for image-level figures")
+        which = f"the images listed in {images}" if images is not None else f"split side {split!r}"
+        raise DatasetError(f"{which} need good and defective images for image-level figures")
     recall = {f"{int(f * 100)}%": round(recall_at_frr(score, y, f)[0], 4) for f in FRR_POINTS}
     pixel: dict[str, dict[str, float | None]] = {}
     all_pos = sum(hist_pos.values(), np.zeros(256, np.int64))
@@ -233,6 +242,7 @@ def evaluate_main(
     verdict_bad = np.array([r["verdict"] == "FAIL" for r in rows])
     metrics: dict[str, Any] = {
         "split": split,
+        "image_list": str(images) if images is not None else None,
         "images": len(rows),
         "defective_images": int(y.sum()),
         "image_auroc": round(auroc(score, y), 4),
@@ -323,6 +333,27 @@ def evaluate_main(
     }
 
 
+def _listed_samples(samples: list[Any], root: Path, listing: Path, split: str | None) -> list[Any]:
+    """The samples ``listing`` names (paths relative to ``root``, one per line), in the listing's order."""
+    from qcstation.training.errors import DatasetError
+
+    try:
+        names = [n.strip() for n in listing.read_text(encoding="utf-8").splitlines() if n.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"cannot read the image list {listing}: {e}") from e
+    if not names:
+        raise DatasetError(f"the image list {listing} names no image")
+    by_name = {s.image.relative_to(root).as_posix(): s for s in samples}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        where = f"on split side {split!r} of {root}" if split is not None else f"in {root}"
+        raise DatasetError(
+            f"{len(missing)} of the {len(names)} images listed in {listing} are not {where}, e.g. "
+            + ", ".join(missing[:3])
+        )
+    return [by_name[n] for n in names]
+
+
 def _r4(x: float) -> float | None:
     return None if x != x else round(float(x), 4)
 
@@ -374,7 +405,9 @@ def _markdown(
             return str(p)
 
     lines = [
-        f"# Evaluation of {m['model']} on split {m['split']}",
+        f"# Evaluation of {m['model']} on "
+        + (f"split {m['split']}" if m["split"] is not None else "every split side")
+        + (f", the images listed in {m['image_list']}" if m.get("image_list") else ""),
         "",
         f"{m['images']} images, {m['defective_images']} defective; station scores (Detector.inspect).",
         "",
