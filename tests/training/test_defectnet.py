@@ -379,6 +379,14 @@ def test_train_main_on_a_tiny_mask_folders_dataset(tmp_path: Path) -> None:
         assert prov["training"]["time_budget_min"] == (44.0 if mode == "supervised" else 35.0)
         summary = json.loads((tmp_path / mode / "summary.json").read_text())
         assert summary["model"] == result["model"] == str(out)
+        # supervised: the held-out images as the station scores them, a report to look at while choosing
+        if mode == "supervised":
+            held_out = (tmp_path / mode / "checkpoints" / "validation.txt").read_text().split()
+            scored = (tmp_path / mode / "eval-val" / "scores.csv").read_text().splitlines()[1:]
+            assert sorted(line.split(",")[0] for line in scored) == sorted(held_out)
+            assert summary["val_report"] == str(tmp_path / mode / "eval-val" / "report.md")
+        else:  # good-only validation is synthetic: no real defect to report on
+            assert "val_report" not in summary
         image = MaskFoldersReader.open(root).load()[0].image
         assert 0.0 <= det.inspect(image).image_score <= 1.0
 

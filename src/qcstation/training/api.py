@@ -329,7 +329,10 @@ def train_main(
     ``{"rank": r}`` once training is over). Without ``work_dir`` they share rank 0's temporary folder.
 
     Returns:
-        A summary: model path, card, validation and test figures, wall times.
+        A summary: model path, card, validation and test figures, wall times; in supervised mode (not
+        ``refit``) also ``val_report``, the held-out images scored by the exported model as the station
+        scores them (``<work_dir>/eval-val``, :func:`~qcstation.training.evaluate.evaluate_main`), the
+        report to look at misses on while choosing.
     """
     t0 = time.perf_counter()
     created = datetime.now(UTC)
@@ -518,6 +521,8 @@ def train_main(
         "export_max_abs_diff": report.max_abs_diff,
     }
     log.info("validation: %s; threshold %.4f", val_metrics, thr)
+    if mode == "supervised" and not refit and 0 < int(val_y.sum()) < len(val_y):
+        result["val_report"] = _validation_report(out_path, reader.root, work)
     if evaluate_split and has_split and any(s.split == evaluate_split for s in loaded):
         from qcstation.training.evaluate import evaluate_main
 
@@ -534,6 +539,29 @@ def train_main(
     (work / "summary.json").write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
     log.info("done in %.1f min: %s", result["total_seconds"] / 60, json.dumps(result, default=str))
     return result
+
+
+def _validation_report(model: Path, root: Path, work: Path) -> str | None:
+    """``qcstation evaluate --images validation.txt`` into ``work/eval-val``: the held-out parts as the
+    station scores them, with the worst misses and the top good images, to look at while choosing (the
+    test split is for the figures reported once). A failure is logged; the model is already written."""
+    from qcstation.training.evaluate import evaluate_main
+
+    try:
+        ev = evaluate_main(
+            model, root, split=None, out_dir=work / "eval-val", images=work / "checkpoints" / VALIDATION_LIST
+        )
+    except (DatasetError, OSError) as e:
+        log.warning("no validation report: %s", e)
+        return None
+    m = ev["metrics"]
+    log.info(
+        "validation through the station: AUROC %s, recall at 1/2/5%% false rejects %s; report %s",
+        m["image_auroc"],
+        m["recall_at_frr"],
+        ev["report"],
+    )
+    return str(ev["report"])
 
 
 def _card_metrics(m: dict[str, Any]) -> dict[str, Any]:
