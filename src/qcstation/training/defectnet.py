@@ -762,15 +762,15 @@ def inpaint_pretrain(
 ) -> list[dict[str, float]]:
     """Self-supervised warm-up: the U-Net learns to fill in hidden blocks of the training images.
 
-    Half of every image's ``block``-pixel squares are set to the normalised mean and the network, through
-    its decoder and a throw-away 1x1 head, predicts the hidden pixels (L1 loss on them alone). The labels
-    are not used: what it learns is what these parts' surfaces look like, from every training image,
+    A ``ratio`` of every image's ``block``-pixel squares is set to the normalised mean and the network,
+    through its decoder and a throw-away 1x1 head, predicts the hidden pixels (L1 loss on them alone). The
+    labels are not used: what it learns is what these parts' surfaces look like, from every training image,
     before the few dozen labeled defects teach it what matters (a context encoder / masked image
     modelling on the images at hand, the one kind of pretraining a station without ImageNet weights has).
     AdamW at ``config.lr`` with a warm-up and a cosine decay over ``seconds``; the image head is untouched.
 
     Returns:
-        One row per pass over the images: {"pass", "loss", "seconds"} (also appended to
+        One row per pass over the images: {"pass", "steps", "loss", "seconds"} (also appended to
         ``out/inpaint.csv``).
     """
     device = device or torch.device("cpu")
