@@ -19,6 +19,7 @@ where or in which precision a model was trained.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as _dt
 import logging
@@ -97,6 +98,9 @@ class Distributed:
             torch.cuda.set_device(device)
         # a rank that fails should not leave the others waiting for ever
         tdist.init_process_group(backend, timeout=_dt.timedelta(minutes=30))
+        # left to interpreter shutdown, Gloo's worker threads can abort the process (SIGABRT, "terminate
+        # called without an active exception") after its work is done; leave the group while Python is alive
+        atexit.register(_leave_process_group)
         log.info("rank %d of %d joined the %s process group", self.rank, self.world_size, backend)
 
     def broadcast_float(self, value: float, device: torch.device) -> float:
@@ -119,6 +123,12 @@ class Distributed:
         """Wait for every rank."""
         if self.active and tdist.is_initialized():
             tdist.barrier()
+
+
+def _leave_process_group() -> None:
+    """Destroy the default process group if it is still there (at exit)."""
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
 def resolve_device(spec: str, dist: Distributed | None = None) -> torch.device:
