@@ -32,7 +32,7 @@ from qcstation.training.defectnet import (
     synthetic_validation,
     train_defect_net,
 )
-from qcstation.training.errors import TrainingError
+from qcstation.training.errors import ModelBuildError, TrainingError
 from qcstation.training.export import export_onnx
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
@@ -565,3 +565,19 @@ def test_inpainting_warm_up_is_for_the_unet_alone(tmp_path: Path) -> None:
     config = tiny_config(max_epochs=1, num_threads=1, backbone="resnet18", inpaint_pretrain=0.2)
     with pytest.raises(TrainingError, match="unet backbone only"):
         train_defect_net(tiny_pool(8, 32, 0), tiny_pool(8, 32, 1), config, tmp_path)
+
+
+def test_each_member_gets_its_seed_and_its_local_contrast_scale() -> None:
+    cfg = DefectTrainConfig(classes=("good", "defect"), members=3, seed=5, member_local_contrast=(15, 63))
+    members = [cfg.member(k, num_threads=1) for k in range(3)]
+    assert [m.seed for m in members] == [5, 6, 7]
+    assert [m.local_contrast for m in members] == [15, 63, 15]  # cycled
+    assert all(m.members == 1 and m.member_local_contrast == () and m.num_threads == 1 for m in members)
+    plain = DefectTrainConfig(classes=("good", "defect"), members=2, local_contrast=0)
+    assert [plain.member(k).local_contrast for k in range(2)] == [0, 0]
+
+
+@pytest.mark.parametrize("change", [{"local_contrast": 30}, {"member_local_contrast": (31, -1)}])
+def test_an_even_or_negative_local_contrast_window_is_refused_before_training(change: dict[str, Any]) -> None:
+    with pytest.raises(ModelBuildError, match="local-contrast window must be odd"):
+        tiny_config(**change)

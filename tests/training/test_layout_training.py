@@ -144,7 +144,8 @@ def _member(ckpts: Path, k: int, **config: Any) -> Any:
     cfg: dict[str, Any] = {"classes": ["good", "defect"], "width": 8, "depth": 3, "size": SIZE, "tta": True}
     cfg.update(config)
     torch.manual_seed(k)
-    net = DefectNet(1, len(cfg["classes"]), width=cfg["width"], depth=cfg["depth"]).eval()
+    lc = cfg.get("local_contrast", 31)
+    net = DefectNet(1, len(cfg["classes"]), width=cfg["width"], depth=cfg["depth"], local_contrast=lc).eval()
     (ckpts / f"member{k}").mkdir(parents=True, exist_ok=True)
     torch.save({"config": cfg, "epoch": k + 1, "model": net.state_dict()}, ckpts / f"member{k}" / "best.pt")
     return net
@@ -188,6 +189,29 @@ def test_an_ensembles_checkpoints_export_as_the_average_of_its_members(tmp_path:
     assert np.abs(alone.numpy() - want.numpy()).max() > 1e-3  # the second member counts
     torch_verdicts = peak_verdicts(want.numpy().max(axis=(2, 3)), det.card.classes, det.card.thresholds)
     assert [_station_verdict(det, f) for f in frames] == torch_verdicts
+
+
+def test_members_with_their_own_local_contrast_scale_export_as_their_average(tmp_path: Path) -> None:
+    from qcstation.training.defectnet import DefectEnsemble, StationModel
+
+    # given an ensemble run whose members saw local contrast at different scales (member_local_contrast)
+    root = WRITERS["labelme"](tmp_path / "lm")
+    ckpts = tmp_path / "run" / "checkpoints"
+    nets = [_member(ckpts, k, local_contrast=lc) for k, lc in enumerate((7, 0, 15))]
+
+    # when it is exported
+    report = export_checkpoint(tmp_path / "run", tmp_path / "e.onnx", dataset=root, latency_runs=1)
+
+    # then the station runs each member with its own input channels, as torch does
+    assert report["kind"] == "defectnet-ensemble" and report["parity"]["max_abs_diff"] < 1e-4
+    det = Detector.from_path(tmp_path / "e.onnx")
+    frames = [s.image for s in open_dataset(root).load((SIZE, SIZE))]
+    x = torch.stack([normalise(f, (0.5,), (0.25,)) for f in frames])
+    with torch.no_grad():
+        want, want_image = StationModel(DefectEnsemble(nets), tta=True).eval()(x)
+    got = [det.predict(f) for f in frames]
+    assert np.abs(np.stack([g[0] for g in got]) - want.numpy()).max() < 1e-4
+    assert np.abs(np.stack([np.asarray(g[1]) for g in got]) - want_image.numpy()).max() < 1e-4
 
 
 def test_members_trained_with_snapshots_export_every_kept_snapshot(tmp_path: Path) -> None:

@@ -56,14 +56,21 @@ def test_a_run_continues_where_it_stopped(tmp_path: Path) -> None:
 
 
 def test_an_ensemble_resumes_every_member(tmp_path: Path) -> None:
+    # given an ensemble whose members see local contrast at their own scales (one none at all)
     train, val = tiny_pool(16, 32, 0), tiny_pool(8, 32, 1)
-    two = replace(BASE, members=2, num_threads=2)
+    two = replace(BASE, members=2, num_threads=2, member_local_contrast=(7, 0))
     train_defect_net(train, val, two, tmp_path / "ckpt")
+    # when it is resumed for one more epoch
     fit = train_defect_net(
         train, val, replace(two, max_epochs=2), tmp_path / "ckpt", resume=tmp_path / "ckpt"
     )
+    # then every member goes on from its own checkpoint, with its own input channels
     assert isinstance(fit.net, DefectEnsemble)
     assert [m.epochs_run for m in fit.members] == [2, 2]
+    assert [net.local_contrast for net in fit.net.members] == [7, 0]
+    assert [net.stem[0].in_channels for net in fit.net.members] == [2, 1]  # type: ignore[index]
+    saved = [torch.load(tmp_path / "ckpt" / f"member{k}" / "last.pt", weights_only=False) for k in (0, 1)]
+    assert [s["config"]["local_contrast"] for s in saved] == [7, 0]
 
 
 @pytest.mark.parametrize(
@@ -72,6 +79,7 @@ def test_an_ensemble_resumes_every_member(tmp_path: Path) -> None:
         ({"width": 16}, "trained with width=8, this run has width=16"),
         ({"classes": ("good", "scratch", "crack")}, "classes"),
         ({"size": 48}, "size=32"),
+        ({"local_contrast": 15}, "trained with local_contrast=31, this run has local_contrast=15"),
     ],
 )
 def test_resuming_another_architecture_is_refused(

@@ -183,5 +183,6 @@ def build_backbone_net(num_classes: int, config: dict[str, Any], *, pretrained: 
         num_classes,
         str(config["backbone"]),
         pretrained=pretrained,
+        local_contrast=int(config.get("local_contrast", 31)),
         pool_topk=float(config.get("pool_topk", 0.0)),
     )

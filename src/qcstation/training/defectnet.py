@@ -562,6 +562,11 @@ class DefectTrainConfig:
             the supervised training starts on its weights (0: off; the ``unet`` backbone only).
         members: networks trained (in parallel processes, each seeded ``seed + k``, each with its share
             of the threads) and averaged into one :class:`DefectEnsemble`.
+        local_contrast: :class:`DefectNet` ``local_contrast``: side of the box filter of the illumination-free
+            second input channel (0: the image alone).
+        member_local_contrast: with ``members`` > 1, member k's ``local_contrast`` is entry ``k`` (cycled),
+            so the members see the tiles at different scales of local contrast and err less alike (empty:
+            every member ``local_contrast``).
         snapshots: checkpoints each member keeps: its ``snapshots`` best epochs by validation image AUROC,
             averaged like members (1: the best epoch alone).
         folds: 0: every member is chosen on the one validation set given. ``folds >= members``: the
@@ -617,6 +622,8 @@ class DefectTrainConfig:
     hard_good: float = 0.0
     paste_share: float = 0.0
     members: int = 1
+    local_contrast: int = 31
+    member_local_contrast: tuple[int, ...] = ()
     snapshots: int = 1
     folds: int = 0
     split_seed: int = 0
@@ -630,11 +637,34 @@ class DefectTrainConfig:
     keep_last: bool = False
     rank_loss_weight: float = 0.0
 
+    def __post_init__(self) -> None:
+        for lc in (self.local_contrast, *self.member_local_contrast):
+            if lc < 0 or (lc and lc % 2 != 1):
+                raise ModelBuildError(
+                    f"a local-contrast window must be odd (or 0: off), got {lc} "
+                    f"(local_contrast={self.local_contrast}, "
+                    f"member_local_contrast={self.member_local_contrast})"
+                )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values."""
         d = asdict(self)
         d["classes"] = list(self.classes)
+        d["member_local_contrast"] = list(self.member_local_contrast)
         return d
+
+    def member(self, k: int, **changes: Any) -> DefectTrainConfig:
+        """Member ``k``'s own configuration: one network, seed ``seed + k``, its local-contrast scale."""
+        lc = self.member_local_contrast
+        return replace(
+            self,
+            members=1,
+            folds=0,
+            seed=self.seed + k,
+            local_contrast=lc[k % len(lc)] if lc else self.local_contrast,
+            member_local_contrast=(),
+            **changes,
+        )
 
 
 SUPERVISED_RECIPE: dict[str, Any] = {"members": 3, "paste_share": 0.5, "time_budget_min": 44.0}
@@ -1164,9 +1194,10 @@ def _load_net(path: Path, config: DefectTrainConfig) -> DefectNet | BackboneDefe
     return net.eval()
 
 
-_ARCHITECTURE = ("classes", "width", "depth", "size", "pool_topk", "backbone")
+_ARCHITECTURE = ("classes", "width", "depth", "size", "pool_topk", "backbone", "local_contrast")
 """Config keys a resumed run must share with its checkpoint (the rest may change, e.g. the time budget)."""
-_ARCHITECTURE_DEFAULTS = {"backbone": "unet"}  # what a checkpoint from before a key existed was trained with
+# what a checkpoint from before a key existed was trained with
+_ARCHITECTURE_DEFAULTS = {"backbone": "unet", "local_contrast": 31}
 
 
 def _resume_file(resume: str | Path) -> Path:
@@ -1257,6 +1288,7 @@ def net_from_config(
         num_classes,
         int(config.get("width", 16)),
         int(config.get("depth", 4)),
+        local_contrast=int(config.get("local_contrast", 31)),
         pool_topk=float(config.get("pool_topk", 0.0)),
     )
 
@@ -1327,7 +1359,7 @@ def _train_ensemble(
     for k in range(config.members):
         member_dir = out / f"member{k}"
         member_dir.mkdir(parents=True, exist_ok=True)
-        member = replace(config, members=1, folds=0, seed=config.seed + k, num_threads=per)
+        member = config.member(k, num_threads=per)
         member_train, member_val = _member_sets(train, val, folds, k)
         member_resume = None
         if resume is not None:
@@ -1378,7 +1410,7 @@ def _train_members_in_turn(
     share = config.time_budget_min / config.members
     fits: list[DefectFitResult] = []
     for k in range(config.members):
-        member = replace(config, members=1, folds=0, seed=config.seed + k, time_budget_min=share)
+        member = config.member(k, time_budget_min=share)
         member_train, member_val = _member_sets(train, val, folds, k)
         last = Path(resume) / f"member{k}" / "last.pt" if resume is not None else None
         log.info("member %d of %d: %.1f min, %d ranks", k + 1, config.members, share, dist.world_size)

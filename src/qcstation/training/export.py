@@ -419,7 +419,8 @@ def load_ensemble_model(folder: str | Path) -> CheckpointModel:
 
     Raises:
         CheckpointError: a member's checkpoint is missing or unreadable, not DefectNet's, or differs from the
-            first member in classes, input channels, size, architecture or test-time augmentation.
+            first member in classes, input channels, size, architecture (the scale of the local-contrast
+            channel may differ) or test-time augmentation.
     """
     from qcstation.training.defectnet import DefectEnsemble, DefectNet, StationModel
 
@@ -443,6 +444,7 @@ def load_ensemble_model(folder: str | Path) -> CheckpointModel:
 
     def spec(m: CheckpointModel) -> dict[str, Any]:
         arch = _defectnet_spec(m.training)
+        arch.pop("local_contrast", None)  # an input channel of each member's own (member_local_contrast)
         return {
             "classes": list(m.classes),
             "in_channels": m.in_channels,
