@@ -707,7 +707,10 @@ term on the image head (``rank_loss_weight=1``: AUROC 0.914, recall at 2 % 0.54,
 hard-negative mining in this recipe (``hard_good=0.5``: AUROC 0.962 but recall at 2 % 0.54, run 39), and a
 self-supervised inpainting warm-up in the first fifth of the budget (``inpaint_pretrain=0.2``: AUROC 0.931,
 recall at 2 % 0.42, run 40), and the ``light`` augmentation preset (AUROC 0.918, recall at 2 % 0.52;
-the members peaked at epochs 30-61 of 125, run 41). Good-only
+the members peaked at epochs 30-61 of 125, run 41), and members with their own local-contrast scales
+(``member_local_contrast=(15, 31, 63)``: AUROC 0.939, recall at 2 % 0.48, run 42) or every member on the
+63 px scale (``local_contrast=63``: AUROC 0.941, recall at 2 % 0.54, run 43); in both, one member was the
+best logged (0.960, 0.967) and the average below it. Good-only
 mode keeps the plain defaults, with which its recorded figures were made.
 """
 
