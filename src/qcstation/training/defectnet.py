@@ -712,7 +712,8 @@ the members peaked at epochs 30-61 of 125, run 41), and members with their own l
 63 px scale (``local_contrast=63``: AUROC 0.941, recall at 2 % 0.54, run 43); in both, one member was the
 best logged (0.960, 0.967) and the average below it; and three quarters of the defective draws synthetic
 (``synthetic_share=0.75``: AUROC 0.937, recall at 2 % 0.58, run 44; indistinguishable from the default on
-validation). Good-only
+validation), and two thirds of each batch defective (``defect_share=0.67``: AUROC 0.935, recall at 2 %
+0.44, run 45). Good-only
 mode keeps the plain defaults, with which its recorded figures were made.
 """
 
