@@ -670,51 +670,28 @@ class DefectTrainConfig:
 SUPERVISED_RECIPE: dict[str, Any] = {"members": 3, "paste_share": 0.5, "time_budget_min": 44.0}
 """What ``train_main`` adds to :class:`DefectTrainConfig`'s defaults in supervised mode.
 
-Chosen on magnetic tile's grouped validation split (docs/training-magnetic-tile.md): three members (seeds
-``seed`` to ``seed + 2``) trained at once, sharing the 2-core station PC, and averaged (validation AUROC
-0.948 vs 0.922 and recall at 2 % false rejects 0.52 vs 0.48 against two members, one seed paired on one
-VM, runs 22-23: each member had 2/3 of the epochs, ~128 instead of 194, and peaked before them); half the
-real-defect draws pasted onto good tiles, except defects on the frame's border (``paste_share=0.5``: over
-two seeds, each paired with the previous default on one machine, validation AUROC 0.919 vs 0.899 and recall
-at 2 % false rejects 0.60 vs 0.48, runs 13-16); a 44 min budget, nearly all of the 45 min allowed, for
-slower PCs (validation AUROC 0.958 vs 0.938 at 35 min, recall at 2 % equal, one seed paired on a
-~20 s-per-epoch VM, runs 17-18; the members alone were no better, their average was). Tried there
-and left off: weight EMA (no better than the raw weights by the end of the cosine schedule), no 90° turns
-(better AUROC, but fewer defects caught at 2-5 % false rejects), top-k margin pooling, a synthetic-only
-warm-up, 8-fold dihedral TTA (below the 4 flips in every run), hard-negative mining of good images
-(``hard_good``: lower AUROC in both seeds tried), 320 px inputs, five classes, and the ``heavy`` augmentation
-preset (over two validation splits: mean AUROC 0.908 vs 0.924, recall at 2 % 0.47 vs 0.58), averaging each
-member's best snapshots (``snapshots=3``) and pasting every real defect, border ones too, onto good tiles
-(AUROC 0.918 vs 0.929 paired on one seed; breaks hurt, blowholes and uneven helped), and a third of each
-batch defective instead of half (``defect_share=0.33``: AUROC 0.915 vs 0.958, one seed, run 19), and a
-quarter of the defective draws synthetic instead of half (``synthetic_share=0.25``: AUROC 0.908 vs 0.941,
-recall at 2 % 0.46 vs 0.58, one seed paired on one VM, runs 25-26), members cross-fitted on group folds of
-the training set (``folds=5``: AUROC 0.916 vs 0.940 at equal recall at 2 %, nested inside the same
-validation split, runs 27-28) and averaging the members' log-odds instead of their probabilities (AUROC
-0.937 vs 0.940 on run 27's networks), or fused with a PatchCore-style nearest-neighbour score on their own
-features (AUROC 0.891 vs 0.914, recall at 2 % 0.44 vs 0.50 on run 30's networks), and four members
-instead of three (AUROC 0.914 vs 0.940 and 0.914 for two runs of three, recall at 2 % 0.46 vs 0.52 and
-0.50, run 31: each member had 3/4 of the epochs), and bfloat16 autocast on a CPU with native bfloat16
-(1.2x the epochs, but AUROC 0.932 vs 0.944 and recall at 2 % 0.52 vs 0.60, one seed paired on one VM, runs
-32-33), and as the station's image score, the image head averaged with the segmentation map's peak
-(AUROC 0.929 vs 0.946, recall at 2 % 0.48 vs 0.52) or the head averaged over 256 and 320 px inputs (0.939,
-0.50), both on run 34's networks, and the members' last epochs instead of their validation-chosen best
-(``keep_last``, what a refit on every defective group would need: AUROC 0.919 vs 0.938, run 35), and AdamW
-weight decay 0.05 instead of 1e-4 (AUROC 0.917 vs 0.938, recall at 2 % 0.40 vs 0.38, run 36), and a wider
-U-Net (``width=24``: 1.8x the cost of a step, so ~75 epochs; AUROC 0.936, recall at 2 % 0.36, below the
-default's range of 0.938-0.946 and 0.38-0.60, unpaired on another VM, run 37), and a pairwise ranking
-term on the image head (``rank_loss_weight=1``: AUROC 0.914, recall at 2 % 0.54, run 38), and
-hard-negative mining in this recipe (``hard_good=0.5``: AUROC 0.962 but recall at 2 % 0.54, run 39), and a
-self-supervised inpainting warm-up in the first fifth of the budget (``inpaint_pretrain=0.2``: AUROC 0.931,
-recall at 2 % 0.42, run 40), and the ``light`` augmentation preset (AUROC 0.918, recall at 2 % 0.52;
-the members peaked at epochs 30-61 of 125, run 41), and members with their own local-contrast scales
-(``member_local_contrast=(15, 31, 63)``: AUROC 0.939, recall at 2 % 0.48, run 42) or every member on the
-63 px scale (``local_contrast=63``: AUROC 0.941, recall at 2 % 0.54, run 43); in both, one member was the
-best logged (0.960, 0.967) and the average below it; and three quarters of the defective draws synthetic
-(``synthetic_share=0.75``: AUROC 0.937, recall at 2 % 0.58, run 44; indistinguishable from the default on
-validation), and two thirds of each batch defective (``defect_share=0.67``: AUROC 0.935, recall at 2 %
-0.44, run 45). Good-only
-mode keeps the plain defaults, with which its recorded figures were made.
+Chosen on magnetic tile's grouped validation split (docs/training-magnetic-tile.md has every run, its
+command, its rule written before it started, and its figures):
+
+- three members (seeds ``seed`` to ``seed + 2``) trained at once, sharing the 2-core station PC, and
+  averaged: validation AUROC 0.948 vs 0.922 and recall at 2 % false rejects 0.52 vs 0.48 against two
+  members (runs 22-23); four were worse (run 31);
+- half the real-defect draws pasted onto good tiles, except defects on the frame's border
+  (``paste_share=0.5``: over two seeds AUROC 0.919 vs 0.899, recall at 2 % 0.60 vs 0.48, runs 13-16);
+- a 44 min budget, nearly all of the 45 min allowed (AUROC 0.958 vs 0.938 at 35 min, runs 17-18): the
+  budget is wall time, so quality follows the PC's speed.
+
+Tried there and left off, each against the default on the same validation split: weight EMA, no 90°
+turns, top-k margin pooling, a synthetic-only warm-up, 8-fold dihedral TTA, hard-negative mining of good
+images (``hard_good``, runs 39 and earlier), 320 px inputs, five classes, the ``heavy`` (runs 6-8) and
+``light`` (run 41) augmentation presets, snapshot averaging (runs 9-10), pasting border defects too,
+``defect_share`` 0.33 (run 19) and 0.67 (run 45), ``synthetic_share`` 0.25 (runs 25-26) and 0.75 (run 44),
+group-fold cross-fitted members (runs 27-28), label cleaning (run 29), log-odds averaging, a
+nearest-neighbour feature score (run 30), bfloat16 autocast (runs 32-33), two post-hoc image scores
+(run 34), the last epochs instead of the chosen ones (``keep_last``, run 35), weight decay 0.05 (run 36),
+a wider U-Net (run 37), a pairwise ranking term (run 38), an inpainting warm-up (run 40), other
+local-contrast scales (runs 42-43). Good-only mode keeps the plain defaults, with which its recorded
+figures were made.
 """
 
 
