@@ -690,7 +690,8 @@ group-fold cross-fitted members (runs 27-28), label cleaning (run 29), log-odds 
 nearest-neighbour feature score (run 30), bfloat16 autocast (runs 32-33), two post-hoc image scores
 (run 34), the last epochs instead of the chosen ones (``keep_last``, run 35), weight decay 0.05 (run 36),
 a wider U-Net (run 37), a pairwise ranking term (run 38), an inpainting warm-up (run 40), other
-local-contrast scales (runs 42-43). Good-only mode keeps the plain defaults, with which its recorded
+local-contrast scales (runs 42-43), a peak learning rate of 4e-3 (worse, run 46) or 1e-3 (no
+better, run 47). Good-only mode keeps the plain defaults, with which its recorded
 figures were made.
 """
 
