@@ -774,6 +774,7 @@ def inpaint_pretrain(
     device: torch.device | None = None,
     block: int = 32,
     ratio: float = 0.5,
+    steps: int | None = None,
 ) -> list[dict[str, float]]:
     """Self-supervised warm-up: the U-Net learns to fill in hidden blocks of the training images.
 
@@ -783,6 +784,8 @@ def inpaint_pretrain(
     before the few dozen labeled defects teach it what matters (a context encoder / masked image
     modelling on the images at hand, the one kind of pretraining a station without ImageNet weights has).
     AdamW at ``config.lr`` with a warm-up and a cosine decay over ``seconds``; the image head is untouched.
+    With ``steps``, the schedule is laid over that many optimizer steps instead and ``seconds`` is ignored:
+    the same steps on any machine, whatever its speed or load (reproducible runs, tests).
 
     Returns:
         One row per pass over the images: {"pass", "steps", "loss", "seconds"} (also appended to
@@ -801,15 +804,16 @@ def inpaint_pretrain(
     rows: list[dict[str, float]] = []
     net.train()
     t0 = time.perf_counter()
+    warm = 50 if steps is None else min(50, max(1, steps // 10))
     step, loss_sum, done = 0, 0.0, False
     while not done:
         t_pass = time.perf_counter()
         for _ in range(steps_per_pass):
-            progress = (time.perf_counter() - t0) / seconds
+            progress = step / steps if steps is not None else (time.perf_counter() - t0) / seconds
             if progress >= 1.0:
                 done = True
                 break
-            scale = (step + 1) / 50 if step < 50 else 0.5 * (1 + math.cos(math.pi * progress))
+            scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * progress))
             for g in opt.param_groups:
                 g["lr"] = config.lr * scale
             x, _ = maker()
