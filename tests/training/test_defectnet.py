@@ -539,6 +539,15 @@ def test_block_mask_hides_whole_blocks_at_the_asked_ratio() -> None:
     assert 0.4 < float(hidden.mean()) < 0.6
 
 
+def test_inpainting_warm_up_refuses_a_step_budget_below_one(tmp_path: Path) -> None:
+    from qcstation.training.defectnet import inpaint_pretrain
+
+    net = DefectNet(1, 2, width=8, depth=2)
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        inpaint_pretrain(net, tiny_pool(4, 32, 0), tiny_config(), 1.0, tmp_path, steps=0)
+    assert not (tmp_path / "inpaint.csv").exists()
+
+
 def test_inpainting_warm_up_learns_to_fill_hidden_blocks_then_supervised_training_goes_on(
     tmp_path: Path,
 ) -> None:

@@ -790,7 +790,13 @@ def inpaint_pretrain(
     Returns:
         One row per pass over the images: {"pass", "steps", "loss", "seconds"} (also appended to
         ``out/inpaint.csv``).
+
+    Raises:
+        ValueError: ``steps`` below 1.
+        TrainingError: the loss became non-finite (the learning rate is too high).
     """
+    if steps is not None and steps < 1:
+        raise ValueError(f"inpainting warm-up steps must be at least 1, got {steps}")
     device = device or torch.device("cpu")
     rng = np.random.default_rng(config.seed + 7)
     maker = BatchMaker(
