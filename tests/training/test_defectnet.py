@@ -594,3 +594,22 @@ def test_each_member_gets_its_seed_and_its_local_contrast_scale() -> None:
 def test_an_even_or_negative_local_contrast_window_is_refused_before_training(change: dict[str, Any]) -> None:
     with pytest.raises(ModelBuildError, match="local-contrast window must be odd"):
         tiny_config(**change)
+
+
+def test_label_smoothing_changes_the_image_loss_and_is_recorded(tmp_path: Path) -> None:
+    train, val = tiny_pool(16, 32, 0), tiny_pool(8, 32, 1)
+    losses = {}
+    for ls in (0.0, 0.2):
+        config = tiny_config(max_epochs=1, seed=0, num_threads=1, label_smoothing=ls)
+        fit = train_defect_net(train, val, config, tmp_path / f"ckpt{ls}")
+        losses[ls] = fit.history[0]["train_loss"]
+        saved = torch.load(tmp_path / f"ckpt{ls}" / "last.pt", weights_only=False)["config"]
+        assert saved["label_smoothing"] == ls
+    # same seed, same batches and weights at the start: only the image head's target differs
+    assert np.isfinite(losses[0.2]) and losses[0.2] != pytest.approx(losses[0.0], rel=1e-6)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_label_smoothing_outside_zero_to_one_is_refused(value: float) -> None:
+    with pytest.raises(ModelBuildError, match="label_smoothing must be in"):
+        tiny_config(label_smoothing=value)

@@ -596,6 +596,10 @@ class DefectTrainConfig:
             the best validation AUROC: for a refit, whose validation images hold no real defects to choose
             an epoch on. Validation is still scored and logged every epoch; ``best.pt`` then holds the last
             epoch.
+        label_smoothing: label smoothing of the image head's cross-entropy (0: off; the pixel loss is
+            left sharp, so thin defects keep their edges): the head is asked for 1 - ``label_smoothing``
+            on the right class rather than certainty, which limits how far it fits the few distinct
+            defective parts a line has.
     """
 
     classes: tuple[str, ...]
@@ -636,8 +640,11 @@ class DefectTrainConfig:
     backbone_lr_scale: float = 0.1
     keep_last: bool = False
     rank_loss_weight: float = 0.0
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ModelBuildError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         for lc in (self.local_contrast, *self.member_local_contrast):
             if lc < 0 or (lc and lc % 2 != 1):
                 raise ModelBuildError(
@@ -1063,7 +1070,8 @@ def train_defect_net(
             onehot = (m.unsqueeze(1) == defect_ids).float()
             inter = (probs * onehot).sum((0, 2, 3))
             dice = 1 - ((2 * inter + 1) / (probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1)).mean()
-            loss = ce + dice + config.image_loss_weight * F.cross_entropy(img, y_img)
+            image_ce = F.cross_entropy(img, y_img, label_smoothing=config.label_smoothing)
+            loss = ce + dice + config.image_loss_weight * image_ce
             if config.rank_loss_weight > 0:
                 loss = loss + config.rank_loss_weight * pairwise_rank_loss(img, y_img)
             if maker.hard_good > 0:
