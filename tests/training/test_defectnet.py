@@ -208,6 +208,10 @@ def test_snapshots_keep_the_best_epochs_and_average_them(tmp_path: Path) -> None
     lines = (out / "val_scores.csv").read_text().splitlines()
     assert [int(line.split(",")[0]) for line in lines] == list(range(1, 6))
     assert all(len(line.split(",")) == 1 + len(val.images) for line in lines)
+    # and val_images.csv names those columns: image, group (the name without groups) and label, in order
+    named = (out / "val_images.csv").read_text().splitlines()
+    assert named[0] == "image,group,defective"
+    assert named[1:] == [f"img{k},img{k},{k % 2}" for k in range(len(val.images))]
     # the kept network is the mean of the snapshots' probabilities
     assert isinstance(fit.net, DefectEnsemble) and len(fit.net.members) == 3
     x = torch.randn(2, 1, 32, 32)

@@ -14,6 +14,7 @@ verdict at a threshold is exactly "image score >= threshold", while the regions 
 from __future__ import annotations
 
 import copy
+import csv
 import logging
 import math
 import os
@@ -935,6 +936,8 @@ def train_defect_net(
     val_y = val.labels()
     if len(val_y) == 0 or val_y.min() == val_y.max():
         raise TrainingError("validation needs good and defective images to measure the image AUROC")
+    if main:
+        _write_val_images(out / "val_images.csv", val, val_y)
     c = len(config.classes)
     # channels-last convolutions: ~1.1x faster steps on the CPU (oneDNN's NHWC kernels, above all the
     # 2-channel stem's weight gradient); the saved weights are the same numbers in any layout
@@ -1519,8 +1522,22 @@ def _member_main(job: str) -> None:
         pickle.dump(fit, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def _write_val_images(path: Path, val: Pool, labels: np.ndarray) -> None:
+    """The validation images in the order of ``val_scores.csv``'s columns: image, group, defective (1/0)."""
+    names = val.names or [str(i) for i in range(len(val.images))]
+    groups = val.groups or names
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "group", "defective"])
+        w.writerows(zip(names, groups, (int(v) for v in labels), strict=True))
+
+
 def _append_scores(path: Path, epoch: int, scores: np.ndarray) -> None:
-    """One line per epoch: the epoch, then each validation image's score (no flips), for later analysis."""
+    """One line per epoch: the epoch, then each validation image's score (no flips), for later analysis.
+
+    ``val_images.csv`` beside it names the columns' images, their groups and labels
+    (``scripts/nested_epoch_choice.py`` reads both).
+    """
     with path.open("a", encoding="utf-8") as f:
         f.write(f"{epoch}," + ",".join(f"{v:.6g}" for v in scores) + "\n")
 
