@@ -699,8 +699,8 @@ nearest-neighbour feature score (run 30), bfloat16 autocast (runs 32-33), two po
 (run 34), the last epochs instead of the chosen ones (``keep_last``, run 35), weight decay 0.05 (run 36),
 a wider U-Net (run 37), a pairwise ranking term (run 38), an inpainting warm-up (run 40), other
 local-contrast scales (runs 42-43), a peak learning rate of 4e-3 (worse, run 46) or 1e-3 (no
-better, run 47). Good-only mode keeps the plain defaults, with which its recorded
-figures were made.
+better, run 47), label smoothing of the image head (run 48). Good-only mode keeps the plain defaults,
+with which its recorded figures were made.
 """
 
 
