@@ -65,12 +65,13 @@ def nested(
     scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, cuts: int, seed: int
 ) -> dict[str, np.ndarray]:
     """Per criterion, the mean (AUROC, recall at 2 %, recall at 5 %) on half B over ``cuts`` random cuts."""
-    criteria: dict[str, Callable[[np.ndarray, np.ndarray], float] | None] = {
+    # name: (what is measured on half A per epoch, whether its curve is smoothed); None: the last epoch
+    criteria: dict[str, tuple[Callable[[np.ndarray, np.ndarray], float], bool] | None] = {
         "the last epoch (no choice)": None,
-        "validation AUROC (the default)": auroc,
-        "AUROC smoothed over 5 epochs": auroc,
-        "partial AUROC (false rejects <= 10 %)": partial_auroc,
-        "recall at 5 % false rejects": lambda s, y: recall_at_frr(s, y, 0.05)[0],
+        "validation AUROC (the default)": (auroc, False),
+        "AUROC smoothed over 5 epochs": (auroc, True),
+        "partial AUROC (false rejects <= 10 %)": (partial_auroc, False),
+        "recall at 5 % false rejects": (lambda s, y: recall_at_frr(s, y, 0.05)[0], False),
     }
     members, epochs, _ = scores.shape
     has_defect = np.array([labels[groups == g].any() for g in range(groups.max() + 1)])
@@ -84,17 +85,18 @@ def nested(
         a = np.isin(groups, half_a)
         b = ~a
         curves_of: dict[object, list[np.ndarray]] = {}  # per measure: one curve per member, on half A
-        for name, measure in criteria.items():
-            if measure is None:
+        for name, criterion in criteria.items():
+            if criterion is None:
                 chosen = [epochs - 1] * members
             else:
+                measure, smooth = criterion
                 if measure not in curves_of:
                     curves_of[measure] = [
                         np.array([measure(scores[m, e][a], labels[a]) for e in range(epochs)])
                         for m in range(members)
                     ]
                 curves = curves_of[measure]
-                if "smoothed" in name:
+                if smooth:
                     curves = [smoothed(c) for c in curves]
                 chosen = [int(np.argmax(c)) for c in curves]
             ens = np.mean([scores[m, chosen[m]] for m in range(members)], axis=0)[b]
