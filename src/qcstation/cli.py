@@ -1048,13 +1048,16 @@ def train(
         ),
     ] = False,
     refit: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--refit",
+            "--refit/--no-refit",
             help="held-out groups with defects train too; only good images stay out, to calibrate on, "
-            "and the members keep their last epoch (no validation AUROC then)",
+            "and the members keep their last epoch (no validation AUROC then). Default: on in supervised "
+            "mode where a held-out group is defect-free (else the epochs are chosen on the held-out "
+            "defects, with a warning), off in good-only mode",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
 ) -> None:
     """Train a defect model, calibrate it on validation, export it as a self-describing ONNX file.
 

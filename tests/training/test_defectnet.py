@@ -338,8 +338,11 @@ def test_good_only_validation_pairs_every_good_image_with_an_anomaly() -> None:
     assert val.labels().tolist() == [0, 0, 0, 1, 1, 1]
 
 
-def make_spots_dataset(root: Path, size: int = 40) -> Path:
-    """MT-like folders: MT_Free and MT_Spot (a dark square), one tile per num_ id 1000 apart, split.json."""
+def make_spots_dataset(root: Path, size: int = 40, spot_offset: int = 500) -> Path:
+    """MT-like folders: MT_Free and MT_Spot (a dark square), one tile per num_ id 1000 apart, split.json.
+
+    ``spot_offset``: the spot images' ids past their good namesakes'; under the 300 of the id grouping, each
+    good image shares its group with a spot image (every group then has a defect)."""
     rng = np.random.default_rng(7)
     split: dict[str, list[str]] = {"train": [], "test": []}
     for folder in ("MT_Free", "MT_Spot"):
@@ -352,7 +355,7 @@ def make_spots_dataset(root: Path, size: int = 40) -> Path:
                 y, x = rng.integers(8, size - 8, 2)
                 img[y - 4 : y + 4, x - 4 : x + 4] = 40
                 mask[y - 4 : y + 4, x - 4 : x + 4] = 255
-            stem = f"exp1_num_{k * 1000 + (500 if folder == 'MT_Spot' else 0)}"
+            stem = f"exp1_num_{k * 1000 + (spot_offset if folder == 'MT_Spot' else 0)}"
             cv2.imwrite(str(d / f"{stem}.png"), mask)
             cv2.imwrite(str(d / f"{stem}.jpg"), img)
             split["test" if k >= 9 else "train"].append(f"{folder}/Imgs/{stem}.jpg")
@@ -383,14 +386,11 @@ def test_train_main_on_a_tiny_mask_folders_dataset(tmp_path: Path) -> None:
         assert prov["training"]["time_budget_min"] == (44.0 if mode == "supervised" else 35.0)
         summary = json.loads((tmp_path / mode / "summary.json").read_text())
         assert summary["model"] == result["model"] == str(out)
-        # supervised: the held-out images as the station scores them, a report to look at while choosing
-        if mode == "supervised":
-            held_out = (tmp_path / mode / "checkpoints" / "validation.txt").read_text().split()
-            scored = (tmp_path / mode / "eval-val" / "scores.csv").read_text().splitlines()[1:]
-            assert sorted(line.split(",")[0] for line in scored) == sorted(held_out)
-            assert summary["val_report"] == str(tmp_path / mode / "eval-val" / "report.md")
-        else:  # good-only validation is synthetic: no real defect to report on
-            assert "val_report" not in summary
+        # supervised by default refits: every held-out image is good; good-only validation is synthetic
+        held_out = (tmp_path / mode / "checkpoints" / "validation.txt").read_text().split()
+        assert held_out and all(p.startswith("MT_Free/") for p in held_out)
+        assert prov["training"]["keep_last"] is (mode == "supervised")
+        assert ("refit" in prov["split"]["validation"]) is (mode == "supervised")
         image = MaskFoldersReader.open(root).load()[0].image
         assert 0.0 <= det.inspect(image).image_score <= 1.0
 
@@ -472,9 +472,9 @@ def test_a_refit_trains_every_defective_group_and_calibrates_on_held_out_good_im
     from qcstation.training.api import VALIDATION_LIST
 
     root = make_spots_dataset(tmp_path / "data")
-    # given the same split trained plainly and as a refit
-    plain = train_tiny(root, tmp_path / "plain.onnx", tmp_path / "plain", evaluate_split=None)
-    refit = train_tiny(root, tmp_path / "refit.onnx", tmp_path / "refit", evaluate_split=None, refit=True)
+    # given the same split trained plainly and with the default, which refits in supervised mode
+    plain = train_tiny(root, tmp_path / "plain.onnx", tmp_path / "plain", evaluate_split=None, refit=False)
+    refit = train_tiny(root, tmp_path / "refit.onnx", tmp_path / "refit", evaluate_split=None)
     held_plain = (tmp_path / "plain" / "checkpoints" / VALIDATION_LIST).read_text().splitlines()
     held_refit = (tmp_path / "refit" / "checkpoints" / VALIDATION_LIST).read_text().splitlines()
     # then the plain run held out both kinds; the refit only the good ones, and trained the defective ones
@@ -489,6 +489,37 @@ def test_a_refit_trains_every_defective_group_and_calibrates_on_held_out_good_im
     assert "image_auroc" in plain["val"] and "image_auroc" not in refit["val"]
     assert refit["val"]["defective_images"] == 0 and "refit" in refit["val"]["defects"]
     assert 0.0 <= refit["val"]["false_reject_rate_at_threshold"] <= 0.5
+    # and only the plain run scored its held-out images through the station, a report to look at misses on
+    scored = (tmp_path / "plain" / "eval-val" / "scores.csv").read_text().splitlines()[1:]
+    assert sorted(line.split(",")[0] for line in scored) == sorted(held_plain)
+    assert plain["val_report"] == str(tmp_path / "plain" / "eval-val" / "report.md")
+    assert "val_report" not in refit
+
+
+def test_the_default_falls_back_to_choosing_epochs_where_every_held_out_group_has_a_defect(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from qcstation.training.api import VALIDATION_LIST
+    from qcstation.training.errors import DatasetError
+
+    # given a dataset whose every group holds a good and a defective photograph
+    root = make_spots_dataset(tmp_path / "data", spot_offset=100)
+    # when it is trained with the default
+    with caplog.at_level("WARNING", logger="qcstation.training.api"):
+        result = train_tiny(root, tmp_path / "m.onnx", tmp_path / "w", evaluate_split=None)
+    # then it says why it did not refit, and validated on the real held-out defects (choosing the epoch)
+    assert "no good image is left out" in caplog.text and "choosing the members' epochs" in caplog.text
+    held = (tmp_path / "w" / "checkpoints" / VALIDATION_LIST).read_text().splitlines()
+    assert any("MT_Spot" in p for p in held) and any("MT_Free" in p for p in held)
+    assert result["val"]["defects"] == "real" and "image_auroc" in result["val"]
+    prov = Detector.from_path(tmp_path / "m.onnx").card.provenance
+    assert prov["training"]["keep_last"] is False and "refit" not in prov["split"]["validation"]
+    # and asking for the refit there is refused with the reason, before any training
+    with pytest.raises(DatasetError, match="no good image is left out"):
+        train_tiny(root, tmp_path / "m2.onnx", tmp_path / "w2", evaluate_split=None, refit=True)
+    # and good-only training never refits (its validation defects are synthetic)
+    with pytest.raises(DatasetError, match="refit is for supervised"):
+        train_tiny(root, tmp_path / "m3.onnx", tmp_path / "w3", mode="good_only", refit=True)
 
 
 def test_a_refit_needs_a_good_group_held_out(tmp_path: Path) -> None:

@@ -689,6 +689,11 @@ command, its rule written before it started, and its figures):
 - a 44 min budget, nearly all of the 45 min allowed (AUROC 0.958 vs 0.938 at 35 min, runs 17-18): the
   budget is wall time, so quality follows the PC's speed.
 
+``train_main`` also refits by default (its ``refit``): the held-out defective groups train and the members
+keep their last epoch (``keep_last``), because choosing epochs on ~25 held-out defects fits their noise
+(``scripts/nested_epoch_choice.py`` on run 49: chosen epochs AUROC 0.878 on validation groups they were
+not chosen on, last epochs 0.916). Run 35 had turned this down on a comparison tilted by that same noise.
+
 Tried there and left off, each against the default on the same validation split: weight EMA, no 90°
 turns, top-k margin pooling, a synthetic-only warm-up, 8-fold dihedral TTA, hard-negative mining of good
 images (``hard_good``, runs 39 and earlier), 320 px inputs, five classes, the ``heavy`` (runs 6-8) and
@@ -696,7 +701,7 @@ images (``hard_good``, runs 39 and earlier), 320 px inputs, five classes, the ``
 ``defect_share`` 0.33 (run 19) and 0.67 (run 45), ``synthetic_share`` 0.25 (runs 25-26) and 0.75 (run 44),
 group-fold cross-fitted members (runs 27-28), label cleaning (run 29), log-odds averaging, a
 nearest-neighbour feature score (run 30), bfloat16 autocast (runs 32-33), two post-hoc image scores
-(run 34), the last epochs instead of the chosen ones (``keep_last``, run 35), weight decay 0.05 (run 36),
+(run 34), weight decay 0.05 (run 36),
 a wider U-Net (run 37), a pairwise ranking term (run 38), an inpainting warm-up (run 40), other
 local-contrast scales (runs 42-43), a peak learning rate of 4e-3 (worse, run 46) or 1e-3 (no
 better, run 47), label smoothing of the image head (run 48). Good-only mode keeps the plain defaults,
