@@ -347,6 +347,8 @@ def train_main(
     dist = Distributed.from_env()
     where = resolve_device(device, dist)
     resolve_precision(precision, where)  # bad values fail before any data is read
+    if refit and mode != "supervised":
+        raise DatasetError("refit is for supervised training (good-only validation is synthetic already)")
     dist.init(where)  # before anything is written: the ranks agree on the work dir
     merge = "anomaly" if mode == "good_only" else ("defect" if classes == "merged" else None)
     reader = _open(dataset, layout, merge)
@@ -381,8 +383,6 @@ def train_main(
         raise DatasetError(f"{reader.root}: no training images" + (" on the train side" if has_split else ""))
     tr_idx, va_idx = split_by_group([s.sample for s in train_side], val_fraction, split_seed)
     refit_moved = 0
-    if refit and mode != "supervised":
-        raise DatasetError("refit is for supervised training (good-only validation is synthetic already)")
     asked = refit is not None
     refit = mode == "supervised" if refit is None else refit
     if refit:
