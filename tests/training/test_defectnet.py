@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -466,6 +467,30 @@ def test_keep_last_keeps_the_last_epoch_whatever_validation_says(tmp_path: Path)
     # and it cannot be combined with keeping several validation-chosen snapshots
     with pytest.raises(TrainingError, match="keep_last"):
         train_defect_net(train, val, replace(config, snapshots=2), tmp_path / "bad")
+
+
+def test_keep_last_scores_validation_now_and_then_and_on_the_last_epoch(tmp_path: Path) -> None:
+    from qcstation.training.defectnet import MONITOR_EVERY
+
+    train, val = tiny_pool(16, 32, 0), tiny_pool(8, 32, 1)
+    epochs = MONITOR_EVERY + 2
+    # given a run that keeps its last epoch, and one that chooses on validation
+    kept = train_defect_net(
+        train, val, tiny_config(max_epochs=epochs, num_threads=1, keep_last=True), tmp_path / "kept"
+    )
+    chosen = train_defect_net(train, val, tiny_config(max_epochs=epochs, num_threads=1), tmp_path / "chosen")
+    # then the keeping run logs every epoch but scores validation on the first, every MONITOR_EVERY-th
+    # and the last only; the choosing run scores every epoch
+    scored = [int(r["epoch"]) for r in kept.history if not math.isnan(r["val_auroc"])]
+    assert [int(r["epoch"]) for r in kept.history] == list(range(1, epochs + 1))
+    assert scored == [1, 1 + MONITOR_EVERY, epochs]
+    assert all(not math.isnan(r["val_auroc"]) for r in chosen.history) and len(chosen.history) == epochs
+    logged = (tmp_path / "kept" / "log.csv").read_text().splitlines()
+    assert len(logged) == epochs + 1 and logged[2].split(",")[3] == "nan"
+    scores_rows = (tmp_path / "kept" / "val_scores.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in scores_rows] == scored
+    # and the kept network's validation figure is the last epoch's, measured
+    assert kept.best_epoch == epochs and kept.best_auroc == kept.history[-1]["val_auroc"]
 
 
 def test_a_refit_trains_every_defective_group_and_calibrates_on_held_out_good_images(tmp_path: Path) -> None:
