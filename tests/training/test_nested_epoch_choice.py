@@ -45,8 +45,9 @@ def test_a_choice_that_generalizes_beats_the_last_epoch_and_noise_does_not(
     scores = rng.random((2, 6, len(labels)))
     scores[:, 2] = labels * 0.5 + rng.random(len(labels)) * 0.4
     work = _work_dir(tmp_path / "w", scores, labels, groups)
-    s, y, g = script.load(work)
+    s, y, g, last = script.load(work)
     assert s.shape == (2, 6, 48) and y.tolist() == labels.tolist() and g.max() == 11
+    assert np.allclose(last, scores[:, -1], atol=1e-5)
     result = script.nested(s, y, g, cuts=20, seed=0)
     assert result["validation AUROC (the default)"][0] == pytest.approx(1.0)
     assert result["recall at 5 % false rejects"][1] == pytest.approx(1.0)
@@ -62,3 +63,17 @@ def test_a_work_dir_without_the_image_list_is_refused_with_its_name(
         script.load(work)
     with pytest.raises(SystemExit, match="no checkpoints"):
         script.load(tmp_path / "empty")
+
+
+def test_members_of_unequal_length_are_cut_to_the_shortest_but_keep_their_own_last_epoch(
+    script: ModuleType, tmp_path: Path
+) -> None:
+    labels = np.array([1, 0, 0, 0])
+    work = _work_dir(tmp_path / "w", np.zeros((2, 3, 4)), labels, ["a", "a", "b", "b"])
+    # member 1 ran two epochs more than member 0, the last of them its own
+    extra = "4,0.1,0.2,0.3,0.4\n5,0.9,0.8,0.7,0.6\n"
+    with (work / "checkpoints" / "member1" / "val_scores.csv").open("a") as f:
+        f.write(extra)
+    s, _, _, last = script.load(work)
+    assert s.shape == (2, 3, 4)
+    assert last.tolist() == [[0.0] * 4, [0.9, 0.8, 0.7, 0.6]]
