@@ -21,6 +21,7 @@ from test_defectnet import tiny_pool  # run as a script: its own folder is on sy
 from qcstation.training import defectnet
 from qcstation.training.backbones import BackboneDefectNet
 from qcstation.training.defectnet import DefectTrainConfig, Pool, train_defect_net
+from qcstation.training.devices import Distributed
 
 
 def pool(n: int, seed: int) -> Pool:
@@ -49,6 +50,7 @@ def main() -> None:
         classes=("good", "defect"), width=8, depth=2, size=32, batch_size=4, max_epochs=2, members=members
     )
     fit = train_defect_net(pool(32, 0), pool(8, 1), config, out / "ckpt")
+    Distributed.from_env().finish()  # as a script of one's own should: the ranks leave together
     rank = int(os.environ["RANK"])
     (out / f"rank{rank}.json").write_text(
         json.dumps(
@@ -59,6 +61,7 @@ def main() -> None:
                 "device": fit.device,
                 "members": len(fit.members),
                 "epochs_run": fit.epochs_run,
+                "left_group": not torch.distributed.is_initialized(),
             }
         )
     )

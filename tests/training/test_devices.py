@@ -151,6 +151,7 @@ def test_two_torchrun_processes_train_one_network_in_step(tmp_path: Path, member
     # then their gradients were averaged: both end with the same weights, and training moved them
     assert ranks[0]["weights_sha"] == ranks[1]["weights_sha"] != ranks[0]["initial_sha"]
     assert [r["world_size"] for r in ranks] == [2, 2] and ranks[0]["device"] == "cpu"
+    assert all(r["left_group"] for r in ranks)  # Distributed.finish: both left the process group
     # an epoch is still one pass: 32 images in batches of 4 on each of 2 ranks are 4 steps
     folder = tmp_path / "ckpt" / ("member1" if members == 2 else "")
     last = torch.load(folder / "last.pt", weights_only=False)

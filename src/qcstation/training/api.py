@@ -437,6 +437,7 @@ def train_main(
         **recipe,
     )
     fit = train_defect_net(train_pool, loop_val, config, work / "checkpoints", resume=resume)
+    dist.finish()  # rank 0 alone goes on: the ranks leave the process group together first
     if not dist.is_main:
         return {"rank": dist.rank, "work_dir": str(work), "train_seconds": round(fit.seconds, 1)}
     station = StationModel(fit.net, tta=config.tta).eval()

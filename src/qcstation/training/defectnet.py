@@ -893,7 +893,8 @@ def train_defect_net(
     together (DistributedDataParallel; each rank draws its own batches, a step sees ``world_size`` of them),
     rank 0 validates, keeps the checkpoints and the log, and decides for all when the budget is spent; an
     ensemble's members then train one after another, each with its share of the budget. On the other ranks
-    the result's network is the last epoch's, not the best.
+    the result's network is the last epoch's, not the best. Every rank then calls
+    :meth:`~qcstation.training.devices.Distributed.finish` once the ranks need each other no more.
 
     Args:
         train: training images (defective and good; good only in synthetic mode).

@@ -124,6 +124,17 @@ class Distributed:
         if self.active and tdist.is_initialized():
             tdist.barrier()
 
+    def finish(self) -> None:
+        """Leave the process group together, once the ranks need each other no more (every rank calls it).
+
+        A rank that tears its Gloo connections down while another still works (rank 0 exporting, say) can
+        abort in the teardown; after a barrier every rank leaves at the same moment, while Python is alive.
+        The ``atexit`` handler :meth:`init` registers covers the ranks that never get here (an error).
+        """
+        if self.active and tdist.is_initialized():
+            tdist.barrier()
+            _leave_process_group()
+
 
 def _leave_process_group() -> None:
     """Destroy the default process group if it is still there (at exit)."""
