@@ -691,7 +691,8 @@ command, its rule written before it started, and its figures):
 - three members (seeds ``seed`` to ``seed + 2``) trained at once, sharing the 2-core station PC, and
   averaged: validation AUROC 0.948 vs 0.922 and recall at 2 % false rejects 0.52 vs 0.48 against two
   members (runs 22-23); four were worse (run 31); two again, with the 1.5x epochs they get, judged on
-  their last epochs (runs 55-56): AUROC 0.927 vs 0.906 but recall at 2 % 0.48 vs 0.52, so three stay;
+  their last epochs on two seeds (runs 55-58): mean AUROC 0.913 vs 0.918, recall at 2 % 0.47 vs 0.53,
+  so three stay;
 - half the real-defect draws pasted onto good tiles, except defects on the frame's border
   (``paste_share=0.5``: over two seeds AUROC 0.919 vs 0.899, recall at 2 % 0.60 vs 0.48, runs 13-16);
 - a 44 min budget, nearly all of the 45 min allowed (AUROC 0.958 vs 0.938 at 35 min, runs 17-18): the
