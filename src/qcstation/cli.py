@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -87,11 +88,21 @@ def _open_store(settings: Settings, *, must_exist: bool = True) -> Store:
 def main() -> None:
     """Entry point of the ``qcstation`` script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    code: int | str | None = 0
     try:
         app()
     except (StationError, InspectError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
-        sys.exit(2)
+        code = 2
+    except SystemExit as e:
+        code = e.code
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # a torchrun rank (torch is loaded already)
+        from qcstation.training.devices import end_process
+
+        if isinstance(code, str):
+            err.print(code, highlight=False)
+        end_process(code if isinstance(code, int) else int(code is not None))
+    sys.exit(code)
 
 
 # -- run ----------------------------------------------------------------------------------------------------

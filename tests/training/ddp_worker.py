@@ -21,7 +21,7 @@ from test_defectnet import tiny_pool  # run as a script: its own folder is on sy
 from qcstation.training import defectnet
 from qcstation.training.backbones import BackboneDefectNet
 from qcstation.training.defectnet import DefectTrainConfig, Pool, train_defect_net
-from qcstation.training.devices import Distributed
+from qcstation.training.devices import Distributed, end_process
 
 
 def pool(n: int, seed: int) -> Pool:
@@ -69,3 +69,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_process(0)  # as `qcstation` does under torchrun: no C++ teardown to abort in
