@@ -184,6 +184,18 @@ def test_qcstation_train_under_torchrun_writes_one_model_from_rank_0(tmp_path: P
 
 
 @pytest.mark.slow
+def test_a_torchrun_rank_that_fails_exits_with_its_error_and_code(tmp_path: Path) -> None:
+    # given `qcstation train` under torchrun on a dataset that is not there
+    args = ["-m", "qcstation.cli", "train", str(tmp_path / "nope"), "--out", str(tmp_path / "m.onnx")]
+    run = _torchrun(*args, "--epochs", "1", "--device", "cpu", cwd=tmp_path)
+    # then the first rank to fail said why and exited 2 (through end_process, the code kept; torchrun stops
+    # the other), and the job failed
+    assert run.returncode != 0
+    assert "not found" in run.stderr and "exitcode  : 2" in run.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
 def test_the_segmentation_engine_trains_in_bf16_on_the_cpu_too(tmp_path: Path) -> None:
     from qcstation.training.engine import TrainConfig, fit, model_from_checkpoint
     from qcstation.training.nets import build_model
