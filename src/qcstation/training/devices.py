@@ -128,9 +128,9 @@ class Distributed:
     def finish(self) -> None:
         """Leave the process group together, once the ranks need each other no more (every rank calls it).
 
-        A rank that tears its Gloo connections down while another still works (rank 0 exporting, say) can
-        abort in the teardown; after a barrier every rank leaves at the same moment, while Python is alive.
-        The ``atexit`` handler :meth:`init` registers covers the ranks that never get here (an error).
+        A barrier, then ``destroy_process_group`` while Python is alive, as PyTorch asks of a normal end.
+        It does not stop torch 2.14's occasional abort in the C++ teardown at exit (:func:`end_process`
+        does). The ``atexit`` handler :meth:`init` registers covers the ranks that never get here (an error).
         """
         if self.active and tdist.is_initialized():
             tdist.barrier()
