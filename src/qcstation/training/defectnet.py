@@ -703,18 +703,17 @@ keep their last epoch (``keep_last``), because choosing epochs on ~25 held-out d
 (``scripts/nested_epoch_choice.py`` on run 49: chosen epochs AUROC 0.878 on validation groups they were
 not chosen on, last epochs 0.916). Run 35 had turned this down on a comparison tilted by that same noise.
 
-Tried there and left off, each against the default on the same validation split: weight EMA, no 90°
-turns, top-k margin pooling, a synthetic-only warm-up, 8-fold dihedral TTA, hard-negative mining of good
-images (``hard_good``, runs 39 and earlier), 320 px inputs, five classes, the ``heavy`` (runs 6-8) and
-``light`` (run 41) augmentation presets, snapshot averaging (runs 9-10), pasting border defects too,
-``defect_share`` 0.33 (run 19) and 0.67 (run 45), ``synthetic_share`` 0.25 (runs 25-26) and 0.75 (run 44),
-group-fold cross-fitted members (runs 27-28), label cleaning (run 29), log-odds averaging, a
-nearest-neighbour feature score (run 30), bfloat16 autocast (runs 32-33), two post-hoc image scores
-(run 34), weight decay 0.05 (run 36),
-a wider U-Net (run 37), a pairwise ranking term (run 38), an inpainting warm-up (run 40), other
-local-contrast scales (runs 42-43), a peak learning rate of 4e-3 (worse, run 46) or 1e-3 (no
-better, run 47), label smoothing of the image head (run 48). Good-only mode keeps the plain defaults,
-with which its recorded figures were made.
+Tried there and left off, each against the default on the same validation split: weight EMA, no 90° turns,
+top-k margin pooling, a synthetic-only warm-up, 8-fold dihedral TTA, hard-negative mining of good images
+(``hard_good``, runs 39 and earlier, and on last epochs 59-60), 320 px inputs, five classes, the ``heavy``
+(runs 6-8) and ``light`` (run 41) augmentation presets, snapshot averaging (runs 9-10), pasting border
+defects too, ``defect_share`` 0.33 (run 19) and 0.67 (run 45), ``synthetic_share`` 0.25 (runs 25-26) and
+0.75 (run 44), group-fold cross-fitted members (runs 27-28), label cleaning (run 29), log-odds averaging, a
+nearest-neighbour feature score (run 30), bfloat16 autocast (runs 32-33), two post-hoc image scores (run
+34), weight decay 0.05 (run 36), a wider U-Net (run 37), a pairwise ranking term (run 38), an inpainting
+warm-up (run 40), other local-contrast scales (runs 42-43), a peak learning rate of 4e-3 (worse, run 46) or
+1e-3 (no better, run 47), label smoothing of the image head (run 48). Good-only mode keeps the plain
+defaults, with which its recorded figures were made.
 """
 
 
