@@ -130,7 +130,8 @@ class Distributed:
 
         A barrier, then ``destroy_process_group`` while Python is alive, as PyTorch asks of a normal end.
         It does not stop torch 2.14's occasional abort in the C++ teardown at exit (:func:`end_process`
-        does). The ``atexit`` handler :meth:`init` registers covers the ranks that never get here (an error).
+        does). The ``atexit`` handler :meth:`init` registers covers a script of one's own whose ranks never
+        get here (an error) and exit normally; a process that ends through :func:`end_process` skips it.
         """
         if self.active and tdist.is_initialized():
             tdist.barrier()
