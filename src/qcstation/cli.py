@@ -920,8 +920,18 @@ def bench(
     threads: ThreadsOpt = None,
     workers: WorkersOpt = None,
     quick: Annotated[bool, typer.Option("--quick", help="a few frames, one repeat (a smoke test)")] = False,
+    fresh_archive: Annotated[
+        bool,
+        typer.Option(
+            "--fresh-archive",
+            help="station runs start with a new, empty image archive (a new station's first hours) "
+            "instead of one in service",
+        ),
+    ] = False,
 ) -> None:
     """Measure the station against its own baselines (same process, alternating runs, medians)."""
+    from dataclasses import replace
+
     from qcstation.station.bench import BenchConfig, render, render_runs, run_bench
     from qcstation.station.settings import default_inference_workers
 
@@ -931,6 +941,7 @@ def bench(
         cfg = BenchConfig.quick(recipe, images, threads=t, workers=w)
     else:
         cfg = BenchConfig(recipe, images, frames=frames, repeats=repeats, threads=t, workers=w)
+    cfg = replace(cfg, fresh_archive=fresh_archive)
     report = run_bench(cfg, progress=lambda what: err.print(f"[dim]measuring {what}…[/]"))
     typer.echo(render(report))
     typer.echo("\nruns behind the medians:\n" + render_runs(report))

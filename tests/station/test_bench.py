@@ -3,6 +3,7 @@ finite. The figures themselves are not asserted against targets here: a test mac
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -208,3 +209,46 @@ def test_the_ceiling_vs_naive_is_cores_times_the_naive_time_over_the_stations_cp
     t = bench.Throughput(200, 100.0, 150.0, 50.0, runs, {}, None, 2, cpu, 2)
     assert t.cpu_ceiling_vs_naive == pytest.approx(2.5)
     assert bench.Throughput(200, 100.0, 150.0, 50.0, runs, {}).cpu_ceiling_vs_naive is None
+
+
+def test_bench_station_runs_use_an_archive_in_service_unless_asked_for_a_fresh_one(
+    setup: tuple[Path, Path], tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe, images = setup
+    created: list[Path] = []
+    make_dirs = bench.ImageArchive._make_dirs
+
+    def recording(self: bench.ImageArchive, directory: Path) -> None:
+        if not directory.is_dir():
+            created.append(directory)
+        make_dirs(self, directory)
+
+    monkeypatch.setattr(bench.ImageArchive, "_make_dirs", recording)
+    det = Detector.from_path(tiny_model, intra_op_threads=1)
+    # when the bench's station archives its frames into an archive in service
+    bench._station_run(det, recipe, images, 12)
+    # then every shard folder was there before the station stored an image in it
+    assert created == []
+    # and asked for a new archive, the station creates the folders itself, as a new station does
+    bench._station_run(det, recipe, images, 12, fresh_archive=True)
+    assert len(created) >= 4
+
+
+def test_in_service_creates_the_shard_folder_of_every_frame(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(5):
+        (frames / f"f{i}.png").write_bytes(f"frame {i}".encode())
+    archive = bench.ImageArchive(tmp_path / "archive")
+    # when an archive is put in service for these frames
+    made = bench.in_service(archive, frames)
+    # then the folder each frame's image will be stored in exists already
+    assert made == 5
+    for i in range(5):
+        data = f"frame {i}".encode()
+        assert archive.folder(hashlib.sha256(data).hexdigest()).is_dir()
+        assert archive.path(archive.put(data, ".png")).parent == archive.folder(
+            hashlib.sha256(data).hexdigest()
+        )
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        archive.folder("../etc")

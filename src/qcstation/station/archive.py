@@ -164,6 +164,14 @@ class ImageArchive:
         """The stored bytes of a ref (see :meth:`path` for errors)."""
         return self.path(ref).read_bytes()
 
+    def folder(self, ref: str) -> Path:
+        """The shard folder an image of ``ref`` is (or would be) stored in; it may not exist yet.
+
+        Raises:
+            ValueError: a malformed ref.
+        """
+        return self._dir(check_ref(ref))
+
     def __contains__(self, ref: object) -> bool:
         return isinstance(ref, str) and bool(_REF_RE.fullmatch(ref)) and self._find(ref) is not None
 

@@ -23,6 +23,7 @@ Figures (see docs/PERFORMANCE.md):
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -241,6 +242,7 @@ class Report:
     loadavg_start: tuple[float, float, float]
     loadavg_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
     workers: int = 1
+    fresh_archive: bool = False
     throughput: Throughput | None = None
     latencies: list[Latency] = field(default_factory=list)
     tiles: Tiles | None = None
@@ -387,16 +389,43 @@ class StationRun(NamedTuple):
     """Each stage's duration per part (the station's own timings)."""
 
 
+def in_service(archive: ImageArchive, frames: Path) -> int:
+    """Create the shard folders the images of ``frames`` will be archived in; returns how many.
+
+    A station in service has them: its archive spreads images over 65,536 folders (two levels of 256), and
+    once most exist a kept image costs the fsyncs of its file and folder, where a new archive also creates
+    and fsyncs one or two folders for nearly every image in its first hours. The bench measures the station
+    a line lives with (``fresh_archive`` measures the new one).
+    """
+    made = set()
+    for path in frames.iterdir():
+        folder = archive.folder(hashlib.sha256(path.read_bytes()).hexdigest())
+        folder.mkdir(parents=True, exist_ok=True)
+        made.add(folder)
+    return len(made)
+
+
 def _station_run(
-    det: Detector, recipe: Path, images: Path, frames: int, rate_hz: float | None = None, workers: int = 1
+    det: Detector,
+    recipe: Path,
+    images: Path,
+    frames: int,
+    rate_hz: float | None = None,
+    workers: int = 1,
+    *,
+    fresh_archive: bool = False,
 ) -> StationRun:
     """Run a real station (SQLite store and archive in a temp dir) over ``frames`` frames.
 
-    The frames are :func:`unique_frames` of ``images``, written before the run starts.
+    The frames are :func:`unique_frames` of ``images``, written before the run starts. The archive is one in
+    service (:func:`in_service`) unless ``fresh_archive``.
     """
     loaded = load_recipe(recipe)
     with tempfile.TemporaryDirectory(prefix="qc-bench-") as tmp:
         frames_dir = unique_frames(images, frames, Path(tmp) / "frames")
+        archive = ImageArchive(Path(tmp) / "images")
+        if not fresh_archive:
+            in_service(archive, frames_dir)
         store = Store.open(str(Path(tmp) / "bench.db"), "bench")
         try:
             st = Station(
@@ -404,7 +433,7 @@ def _station_run(
                 detector=det,
                 recipe=loaded,
                 store=store,
-                archive=ImageArchive(Path(tmp) / "images"),
+                archive=archive,
                 batch_id="BENCH",
                 inference_workers=workers,
             )
@@ -458,6 +487,7 @@ def measure_throughput(
     repeats: int,
     all_cores: Detector | None = None,
     workers: int = 1,
+    fresh_archive: bool = False,
 ) -> Throughput:
     """Station vs bare ``session.run`` vs naive loop, alternating, ``repeats`` runs of ``frames`` each.
 
@@ -482,7 +512,7 @@ def measure_throughput(
                     cpu["bare"].append((time.process_time() - cpu0) * 1e3 / frames)
             if r == repeats:
                 break
-            station = _station_run(det, recipe, images, frames, workers=workers)
+            station = _station_run(det, recipe, images, frames, workers=workers, fresh_archive=fresh_archive)
             runs["pipeline"].append(station.fps)
             cpu["pipeline"].append(station.cpu_ms)
             fps, cpu_ms = _naive_loop(det, files, frames, Path(tmp) / f"naive{r}.db")
@@ -510,6 +540,7 @@ def measure_latency(
     repeats: int,
     single_n: int = 50,
     workers: int = 1,
+    fresh_archive: bool = False,
 ) -> Latency:
     """Capture → commit p50/p99 with the source paced at ``load`` × ``bare_fps``, vs one ``session.run``.
 
@@ -523,7 +554,9 @@ def measure_latency(
         single = _single_ms(det, tensor, single_n)
         runs["single_ms"].append(statistics.median(single))
         runs["single_p99_ms"].append(percentile(single, 99))
-        run = _station_run(det, recipe, images, frames, rate_hz=rate, workers=workers)
+        run = _station_run(
+            det, recipe, images, frames, rate_hz=rate, workers=workers, fresh_archive=fresh_archive
+        )
         runs["p50_ms"].append(percentile(run.latencies_ms, 50))
         runs["p99_ms"].append(percentile(run.latencies_ms, 99))
         for stage, ms in run.stages_ms.items():
@@ -876,6 +909,8 @@ class BenchConfig:
     eval_count: int = 200
     threads: int | None = None
     workers: int = 1
+    fresh_archive: bool = False
+    """Throughput and latency with a new, empty image archive, not one in service (:func:`in_service`)."""
 
     @classmethod
     def quick(cls, recipe: Path, images: Path, threads: int | None = None, workers: int = 1) -> BenchConfig:
@@ -905,6 +940,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _m: Non
         threads=cfg.threads,
         repeats=cfg.repeats,
         workers=cfg.workers,
+        fresh_archive=cfg.fresh_archive,
         loadavg_start=os.getloadavg(),
     )
     progress("throughput")
@@ -922,6 +958,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _m: Non
         repeats=cfg.repeats,
         all_cores=all_cores,
         workers=cfg.workers,
+        fresh_archive=cfg.fresh_archive,
     )
     for load in cfg.loads:
         progress(f"latency at {load:.0%}")
@@ -935,6 +972,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _m: Non
                 frames=cfg.latency_frames,
                 repeats=cfg.repeats,
                 workers=cfg.workers,
+                fresh_archive=cfg.fresh_archive,
             )
         )
     if cfg.tile_shape is not None:
@@ -1128,6 +1166,7 @@ def render(rep: Report) -> str:
     lines = [
         f"model {rep.model}; onnxruntime intra-op threads {rep.threads or 'default'}; "
         f"inference workers {rep.workers}; "
+        f"image archive {'new and empty' if rep.fresh_archive else 'in service (shard folders exist)'}; "
         f"{os.cpu_count()} cores; medians of {rep.repeats} alternating run(s); {rep.seconds:.0f} s in all",
         f"load average (1/5/15 min) at start {la0}, at end {la1}",
         "",
