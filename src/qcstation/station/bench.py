@@ -7,8 +7,9 @@ other processes hits both, and medians are reported. ``qcstation bench`` runs :f
 
 Figures (see docs/PERFORMANCE.md):
 
-- throughput: the whole station (folder → decision → commit to a real SQLite store and image archive, each
-  frame with bytes of its own as a camera's are: :func:`unique_frames`) vs a bare
+- throughput: the whole station (folder → decision → commit to a real SQLite store and an image archive in
+  service, :func:`in_service`; each frame with bytes of its own as a camera's are: :func:`unique_frames`)
+  vs a bare
   ``session.run`` loop on the same frames, pre-decoded and preprocessed, vs the naive sequential loop a user
   would write (read, decode, inspect, insert one row, commit, repeat);
 - latency: capture → commit p50/p99 with the source paced at 50 % and 90 % of the bare model's rate, vs the
