@@ -30,6 +30,7 @@ from qcstation.training.defectnet import (
     group_folds,
     load_snapshot,
     predict_pool,
+    random_crop,
     synthetic_validation,
     train_defect_net,
 )
@@ -322,6 +323,62 @@ def test_paste_share_puts_real_defects_on_good_images() -> None:
     for img in pool.images[1::2]:
         img[0:4, 9:15] = 10
     assert not any(b > 0.58 for b in backgrounds(1.0))
+
+
+def test_random_crop_of_a_defective_image_holds_a_defect_pixel_anywhere_in_the_window() -> None:
+    rng = np.random.default_rng(0)
+    image = np.arange(40 * 48, dtype=np.int32).reshape(40, 48)  # every pixel its own value
+    mask = np.zeros((40, 48), np.uint8)
+    mask[30, 5] = 2  # one defect pixel near a corner
+    places = set()
+    for _ in range(1000):
+        img, m = random_crop(image, mask, 16, rng)
+        assert img.shape == m.shape == (16, 16)
+        assert int(m.sum()) == 2  # the defect is in every crop, with its class
+        top, left = divmod(int(img[0, 0]), 48)
+        np.testing.assert_array_equal(img, image[top : top + 16, left : left + 16])  # image and mask agree
+        np.testing.assert_array_equal(m, mask[top : top + 16, left : left + 16])
+        places.add((30 - top, 5 - left))
+    # every window that holds the defect and fits the image is drawn: rows 15-24, columns 0-5
+    assert places == {(r, c) for r in range(6, 16) for c in range(6)}
+    good = np.zeros((40, 48), np.uint8)
+    tops = {divmod(int(random_crop(image, good, 16, rng)[0][0, 0]), 48)[0] for _ in range(200)}
+    assert min(tops) < 5 and max(tops) > 19  # a good image's window is anywhere in it
+    with pytest.raises(ValueError, match="does not fit"):
+        random_crop(image, mask, 41, rng)
+
+
+def test_crop_config_is_checked() -> None:
+    with pytest.raises(ModelBuildError, match="multiple of 4 below size 32"):
+        tiny_config(crop=18)
+    with pytest.raises(ModelBuildError, match="multiple of 4 below size 32"):
+        tiny_config(crop=32)
+    with pytest.raises(ModelBuildError, match="crop_share"):
+        tiny_config(crop=16, crop_share=1.5)
+    assert tiny_config(crop=16).crop == 16
+
+
+def test_training_runs_on_crops_first_then_on_whole_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, val = tiny_pool(16, 32, 0), tiny_pool(8, 32, 1)
+    seen: list[tuple[int, bool]] = []  # (side of the batch, training?)
+    forward = DefectNet.forward_both
+
+    def spy(self: DefectNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append((x.shape[-1], self.training))
+        return forward(self, x)
+
+    monkeypatch.setattr(DefectNet, "forward_both", spy)
+    config = tiny_config(max_epochs=4, seed=0, num_threads=1, crop=16, crop_share=0.5, defect_share=1.0)
+    fit = train_defect_net(train, val, config, tmp_path / "ckpt")
+    sides = [side for side, training in seen if training]
+    assert fit.epochs_run == 4 and len(sides) == 4 * (16 // 4)
+    assert sides == [16] * (len(sides) // 2) + [32] * (len(sides) // 2)  # half the steps on crops, then whole
+    maker = BatchMaker(train, 24, defect_share=1.0, preset="light", seed=0)
+    maker.crop = 16
+    _, m = maker()
+    assert m.shape == (24, 16, 16) and all(int(mm.sum()) > 0 for mm in m)  # defective draws stay defective
 
 
 def test_noise_mask_is_irregular_and_bounded() -> None:

@@ -418,6 +418,7 @@ class BatchMaker:
                 f"{len(self.bad)} defective"
                 + ("" if synthetic else "; use good-only mode for a set without defects")
             )
+        self.crop = 0  # side of the random square crops drawn (0: whole images); the training loop sets it
         # per good image, the network's last defect probability for it (0.5 until it was seen)
         self.good_scores = np.full(len(self.good), 0.5)
         self.drawn_good: list[tuple[int, int]] = []  # (position in the last batch, index into self.good)
@@ -467,9 +468,33 @@ class BatchMaker:
                 self.drawn_good.append((pos, k))
                 i = int(self.good[k])
                 img, mask = self.aug(self.pool.images[i], self.pool.masks[i])
+            if self.crop:
+                img, mask = random_crop(img, mask, self.crop, self.rng)
             xs.append(normalise(img, self.mean, self.std))
             ms.append(torch.from_numpy(np.ascontiguousarray(mask)).long())
         return torch.stack(xs), torch.stack(ms)
+
+
+def random_crop(
+    image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``size`` x ``size`` window of an image and its mask; one holding a labelled pixel if any is.
+
+    With defect pixels, one of them is drawn and the window placed uniformly among those that hold it, so a
+    defective draw stays defective (and its defect lands anywhere in the window, not always mid-way).
+    """
+    h, w = mask.shape[:2]
+    if size > min(h, w):
+        raise ValueError(f"a {size} px crop does not fit a {w}x{h} image")
+    ys, xs = np.nonzero(mask)
+    if len(ys):
+        k = int(rng.integers(len(ys)))
+        y, x = int(ys[k]), int(xs[k])
+        top = int(rng.integers(max(0, y - size + 1), min(y, h - size) + 1))
+        left = int(rng.integers(max(0, x - size + 1), min(x, w - size) + 1))
+    else:
+        top, left = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+    return image[top : top + size, left : left + size], mask[top : top + size, left : left + size]
 
 
 def touches_border(mask: np.ndarray) -> bool:
@@ -604,6 +629,12 @@ class DefectTrainConfig:
             an epoch on. ``best.pt`` then holds the last epoch, and the validation curve, which nothing is
             chosen on, is scored every ``MONITOR_EVERY`` epochs and on the last (every epoch, it took a
             ninth of a member's time on magnetic tile), the epochs between logged without it.
+        crop: side of random square crops of the training images (0: off; below ``size``, a multiple of
+            ``2 ** depth``) trained on for the first ``crop_share`` of the budget, before the whole images:
+            a step on a crop costs about (``crop`` / ``size``)² of one on the whole image, so the same
+            minutes buy more steps (progressive resizing); a defective draw's crop holds one of its defect
+            pixels, so its label stays what was drawn.
+        crop_share: share of the budget (or of ``max_epochs``' steps) trained on crops.
         label_smoothing: label smoothing of the image head's cross-entropy (0: off; the pixel loss is
             left sharp, so thin defects keep their edges): the head is asked for 1 - ``label_smoothing``
             on the right class rather than certainty, which limits how far it fits the few distinct
@@ -649,8 +680,16 @@ class DefectTrainConfig:
     keep_last: bool = False
     rank_loss_weight: float = 0.0
     label_smoothing: float = 0.0
+    crop: int = 0
+    crop_share: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.crop and not (0 < self.crop < self.size and self.crop % 2**self.depth == 0):
+            raise ModelBuildError(
+                f"crop must be 0 (off) or a multiple of {2**self.depth} below size {self.size}, got {self.crop}"
+            )
+        if not 0.0 <= self.crop_share <= 1.0:
+            raise ModelBuildError(f"crop_share must be in [0, 1], got {self.crop_share}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ModelBuildError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         for lc in (self.local_contrast, *self.member_local_contrast):
@@ -1060,6 +1099,7 @@ def train_defect_net(
             if not config.synthetic and synthetic_share > 0:
                 # synthetic anomalies only at first, then mixed with the real defects
                 maker.synthetic_share = 1.0 if progress < config.synthetic_pretrain else synthetic_share
+            maker.crop = config.crop if progress < config.crop_share else 0
             lr_scale = (
                 (step + 1) / warmup
                 if step < warmup
