@@ -686,7 +686,8 @@ class DefectTrainConfig:
     def __post_init__(self) -> None:
         if self.crop and not (0 < self.crop < self.size and self.crop % 2**self.depth == 0):
             raise ModelBuildError(
-                f"crop must be 0 (off) or a multiple of {2**self.depth} below size {self.size}, got {self.crop}"
+                f"crop must be 0 (off) or a multiple of {2**self.depth} below size {self.size}, "
+                f"got {self.crop}"
             )
         if not 0.0 <= self.crop_share <= 1.0:
             raise ModelBuildError(f"crop_share must be in [0, 1], got {self.crop_share}")
