@@ -632,8 +632,8 @@ class DefectTrainConfig:
         crop: side of random square crops of the training images (0: off; below ``size``, a multiple of
             ``2 ** depth``) trained on for the first ``crop_share`` of the budget, before the whole images:
             a step on a crop costs about (``crop`` / ``size``)² of one on the whole image, so the same
-            minutes buy more steps (progressive resizing); a defective draw's crop holds one of its defect
-            pixels, so its label stays what was drawn.
+            minutes buy more steps (progressive resizing's idea, at the images' own scale); a defective
+            draw's crop holds one of its defect pixels, so its label stays what was drawn.
         crop_share: share of the budget (or of ``max_epochs``' steps) trained on crops.
         label_smoothing: label smoothing of the image head's cross-entropy (0: off; the pixel loss is
             left sharp, so thin defects keep their edges): the head is asked for 1 - ``label_smoothing``
