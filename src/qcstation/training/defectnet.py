@@ -482,6 +482,11 @@ def random_crop(
 
     With defect pixels, one of them is drawn and the window placed uniformly among those that hold it, so a
     defective draw stays defective (and its defect lands anywhere in the window, not always mid-way).
+    Not albumentations' ``CropNonEmptyMaskIfExists`` (which :func:`~qcstation.training.data.train_transform`
+    uses before augmenting): this crop comes after a defect is pasted or drawn, so it cannot sit in the
+    augmentation pipeline; it draws from the batch maker's one seeded generator; and that transform clips an
+    offset that runs off the image to the border, so a defect near the edge (magnetic tile's breaks) would
+    mostly land on the crop's edge.
     """
     h, w = mask.shape[:2]
     if size > min(h, w):
