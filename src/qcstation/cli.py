@@ -233,6 +233,7 @@ def _assemble(
         archive=ImageArchive(settings.images_dir),
         batch_id=batch or f"{loaded.recipe.product}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         queue_size=settings.queue_size,
+        linger_s=settings.commit_linger_ms / 1000,
         inference_workers=settings.inference_workers or default_inference_workers(serving=serving),
     )
     holder.append(st)

@@ -569,3 +569,67 @@ def test_several_inference_workers_keep_capture_order_and_every_verdict(
 def test_inference_workers_below_one_are_refused(station_factory) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="inference_workers must be at least 1"):
         station_factory(ListSource([GOOD]), inference_workers=0)
+
+
+def test_a_queue_size_below_one_is_refused(station_factory) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="queue_size must be at least 1"):
+        station_factory(ListSource([GOOD]), queue_size=0)
+
+
+class _Slow(Detector):
+    """The real detector, 5 ms slower per frame: a model the camera outruns."""
+
+    def run(self, prepared: Prepared) -> Outputs:
+        time.sleep(0.005)
+        return super().run(prepared)
+
+
+def _commit_groups(store: Store) -> list[int]:
+    groups: list[int] = []
+    real_commit = store.commit
+
+    def counted(decisions: Any, **kw: Any) -> None:
+        groups.append(len(decisions))
+        real_commit(decisions, **kw)
+
+    store.commit = counted  # type: ignore[method-assign]
+    return groups
+
+
+@pytest.mark.parametrize(("linger_s", "behind"), [(0.15, True), (0.0, True), (0.15, False)])
+def test_a_station_behind_its_camera_commits_many_parts_per_transaction(
+    tiny_model: Path, station_factory, linger_s: float, behind: bool
+) -> None:  # type: ignore[no-untyped-def]
+    # given a model slower than the camera (frames wait), or a camera paced well below the model's rate
+    base = Detector.from_path(tiny_model)
+    det = _Slow(base.session, base.card, sha256=base.info.sha256, path=base.path)
+    seq = [GOOD, BAD, GOOD, GOOD] * 10
+    serials = [f"SN{i:02d}" for i in range(len(seq))]
+    source: Any = ListSource(seq, serials=serials)
+    if not behind:
+        source = Hooked(source, lambda n: time.sleep(0.02))
+    st, store, rec = station_factory(source, detector=det, linger_s=linger_s)
+    groups = _commit_groups(store)
+    # when the station runs
+    summary = st.run()
+    # then every part is recorded once, in capture order, signalled after its commit, the chain intact
+    assert summary.parts == len(seq)
+    assert [r.serial for r in store.inspections(limit=100)] == serials
+    assert [d.frame.serial for d in rec.committed] == serials
+    assert rec.missing_at_signal == []
+    assert store.verify().ok
+    assert sum(groups) == len(seq)
+    if behind and linger_s > 0:
+        # and a station behind its camera waits for full groups (16 decisions) while frames wait
+        assert max(groups) == 16
+        assert len(groups) <= 6
+    else:
+        # and one that keeps up, or does not linger, commits what is there: no group waits to fill
+        assert max(groups) < 8
+
+
+def test_linger_settings_out_of_range_are_refused(station_factory) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="linger_group must be at least 1"):
+        station_factory(ListSource([GOOD]), linger_group=0)
+    with pytest.raises(ValueError, match="linger_s not negative"):
+        station_factory(ListSource([GOOD]), linger_s=-1.0)

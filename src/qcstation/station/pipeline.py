@@ -176,6 +176,8 @@ class Station:
         queue_size: int = 8,
         inference_workers: int = 1,
         max_group: int = 64,
+        linger_group: int = 16,
+        linger_s: float = 0.15,
         release_poll_s: float = 1.0,
         housekeeping: Callable[[], None] | None = None,
         housekeeping_s: float = 60.0,
@@ -196,6 +198,10 @@ class Station:
                 capture order. Several one-thread runs use the cores of a small PC better than one run on
                 several threads (docs/PERFORMANCE.md).
             max_group: the most decisions committed in one transaction.
+            linger_group: while frames wait for the model (the frame queue at least half full), the commit
+                stage waits for this many decisions before it commits, so that the cores go to the model and
+                one transaction carries many parts (docs/PERFORMANCE.md); 1: commit what is there.
+            linger_s: the longest such a wait lasts.
             release_poll_s: how often the store is checked for a hold released elsewhere (CLI, API).
             housekeeping: run every ``housekeeping_s`` seconds while the station runs, in its own thread
                 (image retention, the disk guard); its failures are logged, never stop the station.
@@ -203,6 +209,8 @@ class Station:
         """
         if inference_workers < 1:
             raise ValueError(f"inference_workers must be at least 1, got {inference_workers}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
         rec = recipe.recipe
         rec.check_classes(detector.card.classes)
         self.source = source
@@ -216,7 +224,13 @@ class Station:
         self.batch_id = batch_id
         self.sinks = list(sinks)
         self.clock = clock
+        if linger_group < 1 or linger_s < 0:
+            raise ValueError(
+                f"linger_group must be at least 1 and linger_s not negative, got {linger_group}, {linger_s}"
+            )
         self.max_group = max_group
+        self.linger_group = min(linger_group, max_group)
+        self.linger_s = linger_s
         self.release_poll_s = release_poll_s
         self.housekeeping = housekeeping
         self.housekeeping_s = housekeeping_s
@@ -653,11 +667,34 @@ class Station:
                     group.append(self._decisions.get_nowait())
                 except queue.Empty:
                     break
+            self._linger(group)
             if _END in group:
                 done = True
                 group = [g for g in group if g is not _END]
             if group:
                 self._commit_group(group)
+
+    def _linger(self, group: list[object]) -> None:
+        """While frames wait for the model, add decisions to ``group`` up to ``linger_group`` or ``linger_s``.
+
+        A station that is behind spends its cores better on the model than on a transaction per part: much
+        of a group commit's CPU is the transaction's, not the parts' (the duplicate check, the chain head and
+        its move, the commit's fsync, the threads' wake-ups). When frames do not wait, nothing waits here, so
+        a station that keeps up commits each decision as soon as it is made.
+        """
+        deadline = time.monotonic() + self.linger_s
+        while (
+            len(group) < self.linger_group
+            and _END not in group
+            and 2 * self._frames.qsize() >= self._frames.maxsize
+        ):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                group.append(self._decisions.get(timeout=left))
+            except queue.Empty:
+                return
 
     def _commit_group(self, group: list[object]) -> None:
         decisions = [g for g in group if isinstance(g, Decision)]

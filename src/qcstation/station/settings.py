@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         "(default: 2 on 2+ cores for `run`, 1 for `serve`, which shares the process with the API)",
     )
     queue_size: int = Field(default=8, ge=1, le=1024)
+    commit_linger_ms: float = Field(
+        default=150.0,
+        ge=0.0,
+        le=2000.0,
+        description="while frames wait for the model, how long the commit stage may wait to gather 16 "
+        "decisions into one transaction, leaving the cores to the model (0: commit what is there)",
+    )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",
         description="FULL: every commit survives a power cut; NORMAL: faster, the last commits may not",
