@@ -999,7 +999,14 @@ def train(
             "--time-budget", min=0.1, help="minutes of training (default: 44 supervised, 35 good_only)"
         ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs",
+            min=1,
+            help="stop after this many epochs (default: the budget alone supervised; 40 good_only)",
+        ),
+    ] = None,
     size: Annotated[
         int,
         typer.Option(

@@ -447,7 +447,8 @@ def test_train_main_on_a_tiny_mask_folders_dataset(tmp_path: Path) -> None:
         # supervised by default refits: every held-out image is good; good-only validation is synthetic
         held_out = (tmp_path / mode / "checkpoints" / "validation.txt").read_text().split()
         assert held_out and all(p.startswith("MT_Free/") for p in held_out)
-        assert prov["training"]["keep_last"] is (mode == "supervised")
+        # both keep their last epoch: the refit has no real defects held out, good-only's are synthetic
+        assert prov["training"]["keep_last"] is True
         assert ("refit" in prov["split"]["validation"]) is (mode == "supervised")
         image = MaskFoldersReader.open(root).load()[0].image
         assert 0.0 <= det.inspect(image).image_score <= 1.0
@@ -730,3 +731,24 @@ def test_label_smoothing_changes_the_image_loss_and_is_recorded(tmp_path: Path) 
 def test_label_smoothing_outside_zero_to_one_is_refused(value: float) -> None:
     with pytest.raises(ModelBuildError, match="label_smoothing must be in"):
         tiny_config(label_smoothing=value)
+
+
+def test_good_only_trains_its_recipe_s_epochs_and_keeps_the_last(tmp_path: Path) -> None:
+    # given good-only training with no epoch count (a budget of a few seconds stops this one)
+    import torch
+
+    from qcstation.training.api import train_main
+    from qcstation.training.defectnet import GOOD_ONLY_RECIPE
+
+    root = make_spots_dataset(tmp_path / "data")
+    tiny: dict[str, Any] = {"size": 32, "width": 8, "batch_size": 4, "val_fraction": 0.4, "num_threads": 1}
+    train_main(
+        root, tmp_path / "g.onnx", mode="good_only", time_budget_min=0.05, work_dir=tmp_path / "g", **tiny
+    )
+    # then the network was trained for the recipe's epochs with the last one kept, not the best by the
+    # (synthetic) validation; an engineer's --epochs still wins, and supervised training is unchanged
+    config = torch.load(tmp_path / "g" / "checkpoints" / "last.pt", weights_only=False)["config"]
+    assert (config["max_epochs"], config["keep_last"]) == (GOOD_ONLY_RECIPE["max_epochs"], True) == (40, True)
+    train_main(root, tmp_path / "h.onnx", mode="good_only", epochs=2, work_dir=tmp_path / "h", **tiny)
+    config = torch.load(tmp_path / "h" / "checkpoints" / "last.pt", weights_only=False)["config"]
+    assert (config["max_epochs"], config["keep_last"]) == (2, True)

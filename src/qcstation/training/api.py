@@ -39,6 +39,7 @@ from qcstation.training.data import (
     suspect_labels,
 )
 from qcstation.training.defectnet import (
+    GOOD_ONLY_RECIPE,
     SUPERVISED_RECIPE,
     DefectTrainConfig,
     Pool,
@@ -280,7 +281,9 @@ def train_main(
             class ``anomaly``).
         layout: dataset layout (default: dataset.yaml's, else detected; see qcstation.training.layouts).
         classes: "merged" (one class ``defect``) or "folders" (one class per defect folder).
-        epochs: stop after this many epochs (None: only the time budget stops).
+        epochs: stop after this many epochs; the learning-rate schedule spans them when they end before the
+            budget (None: supervised, only the time budget stops; good-only, 40 epochs from
+            :data:`~qcstation.training.defectnet.GOOD_ONLY_RECIPE`, the last one kept).
         time_budget_min: training wall-time budget; the learning-rate schedule spans it (None: the
             mode's default, 44 min supervised from
             :data:`~qcstation.training.defectnet.SUPERVISED_RECIPE`, 35 min good-only). Supervised mode
@@ -415,16 +418,19 @@ def train_main(
     # what the training loop validates on: a refit's held-out images are all good, so anomalies are drawn
     # onto copies of them to keep a curve to watch (nothing is chosen on it)
     loop_val = synthetic_validation(val_pool, split_seed + 1) if refit else val_pool
-    recipe = dict(SUPERVISED_RECIPE) if mode == "supervised" else {}
+    recipe = dict(SUPERVISED_RECIPE) if mode == "supervised" else dict(GOOD_ONLY_RECIPE)
     if time_budget_min is not None:
         recipe["time_budget_min"] = time_budget_min
+    if epochs is not None:
+        recipe["max_epochs"] = epochs
+    recipe.setdefault("max_epochs", 10_000)  # supervised: as many as the budget allows
+    recipe.setdefault("keep_last", refit)
     config = DefectTrainConfig(
         classes=reader.classes,
         width=width,
         size=size,
         batch_size=batch_size,
         lr=lr,
-        max_epochs=epochs or 10_000,
         synthetic=mode == "good_only",
         seed=seed,
         num_threads=num_threads,
@@ -433,7 +439,6 @@ def train_main(
         precision=precision,
         backbone=backbone,
         pretrained=pretrained,
-        keep_last=refit,
         **recipe,
     )
     fit = train_defect_net(train_pool, loop_val, config, work / "checkpoints", resume=resume)
