@@ -240,7 +240,7 @@ def test_prune_keeps_rejects(project: Path) -> None:
     assert sum(1 for p in images.rglob("*") if p.is_file()) == 0
 
 
-def test_inference_workers_default_to_two_for_run_and_one_beside_the_api(
+def test_run_and_serve_assemble_their_station_from_the_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from qcstation import cli
@@ -263,28 +263,16 @@ def test_inference_workers_default_to_two_for_run_and_one_beside_the_api(
         monkeypatch.setenv("QCSTATION_INFERENCE_WORKERS", "3")
         chosen = Settings(data_dir=tmp_path)
         assert cli._assemble(chosen, store, loaded, detector, serving=True, **kw).inference_workers == 3
+        # the commit linger: 150 ms unless QCSTATION_COMMIT_LINGER_MS says otherwise (0: off)
+        assert cli._assemble(settings, store, loaded, detector, **kw).linger_s == pytest.approx(0.15)
+        monkeypatch.setenv("QCSTATION_COMMIT_LINGER_MS", "0")
+        assert cli._assemble(Settings(data_dir=tmp_path), store, loaded, detector, **kw).linger_s == 0
     finally:
         store.close()
     monkeypatch.setenv("QCSTATION_INFERENCE_WORKERS", "0")
     with pytest.raises(ValueError, match="inference_workers"):
         Settings(data_dir=tmp_path)
-
-
-def test_the_commit_linger_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from qcstation import cli
-    from qcstation.station.settings import Settings
-
-    settings = Settings(data_dir=tmp_path)
-    loaded, detector = cli._load_model(settings, ROOT / "recipes" / "demo.yaml")
-    store = cli._open_store(settings, must_exist=False)
-    try:
-        kw = {"source": str(ROOT / "sample_images"), "batch": None, "rate": None, "loop": False}
-        assert cli._assemble(settings, store, loaded, detector, **kw).linger_s == pytest.approx(0.15)
-        monkeypatch.setenv("QCSTATION_COMMIT_LINGER_MS", "0")
-        off = Settings(data_dir=tmp_path)
-        assert cli._assemble(off, store, loaded, detector, serving=True, **kw).linger_s == 0
-    finally:
-        store.close()
+    monkeypatch.setenv("QCSTATION_INFERENCE_WORKERS", "1")
     monkeypatch.setenv("QCSTATION_COMMIT_LINGER_MS", "-5")
     with pytest.raises(ValueError, match="commit_linger_ms"):
         Settings(data_dir=tmp_path)
