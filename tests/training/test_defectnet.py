@@ -746,7 +746,7 @@ def test_good_only_trains_its_recipe_s_epochs_and_keeps_the_last(tmp_path: Path)
         root, tmp_path / "g.onnx", mode="good_only", time_budget_min=0.05, work_dir=tmp_path / "g", **tiny
     )
     # then the network was trained for the recipe's epochs with the last one kept, not the best by the
-    # (synthetic) validation; an engineer's --epochs still wins, and supervised training is unchanged
+    # (synthetic) validation; an engineer's --epochs still wins
     config = torch.load(tmp_path / "g" / "checkpoints" / "last.pt", weights_only=False)["config"]
     assert (config["max_epochs"], config["keep_last"]) == (GOOD_ONLY_RECIPE["max_epochs"], True) == (40, True)
     train_main(root, tmp_path / "h.onnx", mode="good_only", epochs=2, work_dir=tmp_path / "h", **tiny)

@@ -211,6 +211,10 @@ class Station:
             raise ValueError(f"inference_workers must be at least 1, got {inference_workers}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+        if linger_group < 1 or linger_s < 0:
+            raise ValueError(
+                f"linger_group must be at least 1 and linger_s not negative, got {linger_group}, {linger_s}"
+            )
         rec = recipe.recipe
         rec.check_classes(detector.card.classes)
         self.source = source
@@ -224,10 +228,6 @@ class Station:
         self.batch_id = batch_id
         self.sinks = list(sinks)
         self.clock = clock
-        if linger_group < 1 or linger_s < 0:
-            raise ValueError(
-                f"linger_group must be at least 1 and linger_s not negative, got {linger_group}, {linger_s}"
-            )
         self.max_group = max_group
         self.linger_group = min(linger_group, max_group)
         self.linger_s = linger_s
