@@ -325,11 +325,7 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         mask = self.reader.read_mask(sample, image.shape[:2])
         if mask is None:
             return f"cannot decode mask {sample.label.name}"
-        h, w = self.size
-        if image.shape[:2] != (h, w):
-            interp = cv2.INTER_AREA if image.shape[0] > h or image.shape[1] > w else cv2.INTER_LINEAR
-            image = cv2.resize(image, (w, h), interpolation=interp)
-            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+        image, mask = fit_pair(image, mask, self.size)
         if self.channels == 3:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         return image, mask
@@ -586,6 +582,53 @@ def near_duplicate_groups(hashes: Mapping[str, int], max_bits: int = 6) -> dict[
     return {k: find(k) for k in keys}
 
 
+def read_pair(
+    sample: Sample,
+    read_mask: Callable[[Sample, tuple[int, int]], np.ndarray | None],
+    problem: Callable[[Path, str], None],
+    label_kind: str,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A sample's gray image and class-index mask, or None after ``problem`` was told why not.
+
+    Args:
+        sample: the sample.
+        read_mask: the layout's mask reader (image shape in; None when the label cannot be decoded; raises
+            :class:`DatasetError` for a label that does not fit its image).
+        problem: reports a skipped file with its reason.
+        label_kind: how the message names the label file ("mask", "labels").
+    """
+    try:
+        image = cv2.imread(str(sample.image), cv2.IMREAD_GRAYSCALE)
+    except cv2.error:
+        image = None
+    if image is None:
+        problem(sample.image, "cannot decode image (corrupt, truncated or not an image)")
+        return None
+    try:
+        mask = read_mask(sample, image.shape[:2])
+    except DatasetError as e:
+        problem(sample.image, str(e))
+        return None
+    if mask is None:
+        problem(sample.image, f"cannot decode {label_kind} {sample.label.name}")
+        return None
+    return image, mask
+
+
+def fit_pair(
+    image: np.ndarray, mask: np.ndarray, size: tuple[int, int] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image and mask resized to ``size`` = (H, W) (area interpolation when shrinking; the mask nearest)."""
+    if size is None or image.shape[:2] == size:
+        return image, mask
+    h, w = size
+    interp = cv2.INTER_AREA if image.shape[0] > h or image.shape[1] > w else cv2.INTER_LINEAR
+    return (
+        cv2.resize(image, (w, h), interpolation=interp),
+        cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST),
+    )
+
+
 @dataclass(frozen=True)
 class LoadedSample:
     """A decoded sample of a dataset (at the size it was loaded; ``shape`` is the file's own H, W)."""
@@ -770,28 +813,12 @@ class MaskFoldersReader(LayoutReader):
         """
         out: list[LoadedSample] = []
         for s in self.samples() if samples is None else samples:
-            try:
-                image = cv2.imread(str(s.image), cv2.IMREAD_GRAYSCALE)
-            except cv2.error:
-                image = None
-            if image is None:
-                self._problem(s.image, "cannot decode image (corrupt, truncated or not an image)")
-                continue
-            try:
-                mask = self.read_mask(s, image.shape[:2])
-            except DatasetError as e:
-                self._problem(s.image, str(e))
-                continue
-            if mask is None:
-                self._problem(s.image, f"cannot decode mask {s.label.name}")
-                continue
-            shape = (int(image.shape[0]), int(image.shape[1]))
-            if size is not None and image.shape[:2] != size:
-                h, w = size
-                interp = cv2.INTER_AREA if image.shape[0] > h or image.shape[1] > w else cv2.INTER_LINEAR
-                image = cv2.resize(image, (w, h), interpolation=interp)
-                mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
-            out.append(LoadedSample(s, image, mask, self.source_class(s), self.split_of(s), shape))
+            pair = read_pair(s, self.read_mask, self._problem, "mask")
+            if pair is not None:
+                image, mask = pair
+                shape = (int(image.shape[0]), int(image.shape[1]))
+                image, mask = fit_pair(image, mask, size)
+                out.append(LoadedSample(s, image, mask, self.source_class(s), self.split_of(s), shape))
         return out
 
     def _problem(self, path: Path, reason: str) -> None:

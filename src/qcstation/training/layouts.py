@@ -59,7 +59,9 @@ from qcstation.training.data import (
     MaskFoldersReader,
     Sample,
     dhash,
+    fit_pair,
     group_key,
+    read_pair,
     register_reader,
 )
 from qcstation.training.errors import DatasetError
@@ -954,32 +956,17 @@ class DatasetReader:
         out: list[LoadedSample] = []
         names = self.reader.classes
         for s in self.samples() if samples is None else samples:
-            try:
-                image = cv2.imread(str(s.image), cv2.IMREAD_GRAYSCALE)
-            except cv2.error:
-                image = None
-            if image is None:
-                self._problem(s.image, "cannot decode image (corrupt, truncated or not an image)")
+            pair = read_pair(s, self.reader.read_mask, self._problem, "labels")
+            if pair is None:
                 continue
-            try:
-                mask = self.reader.read_mask(s, image.shape[:2])
-            except DatasetError as e:
-                self._problem(s.image, str(e))
-                continue
-            if mask is None:
-                self._problem(s.image, f"cannot decode labels {s.label.name}")
-                continue
+            image, mask = pair
             counts = np.bincount(mask.ravel(), minlength=len(names))
             counts[0] = 0
             source = names[int(counts.argmax())] if counts.any() else "good"
             if self.merge:
                 mask = (mask > 0).astype(np.uint8)
             shape = (int(image.shape[0]), int(image.shape[1]))
-            if size is not None and image.shape[:2] != size:
-                h, w = size
-                interp = cv2.INTER_AREA if image.shape[0] > h or image.shape[1] > w else cv2.INTER_LINEAR
-                image = cv2.resize(image, (w, h), interpolation=interp)
-                mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+            image, mask = fit_pair(image, mask, size)
             out.append(LoadedSample(s, image, mask, source, self.split_of(s), shape))
         return out
 
