@@ -814,11 +814,12 @@ class MaskFoldersReader(LayoutReader):
         out: list[LoadedSample] = []
         for s in self.samples() if samples is None else samples:
             pair = read_pair(s, self.read_mask, self._problem, "mask")
-            if pair is not None:
-                image, mask = pair
-                shape = (int(image.shape[0]), int(image.shape[1]))
-                image, mask = fit_pair(image, mask, size)
-                out.append(LoadedSample(s, image, mask, self.source_class(s), self.split_of(s), shape))
+            if pair is None:
+                continue
+            image, mask = pair
+            shape = (int(image.shape[0]), int(image.shape[1]))
+            image, mask = fit_pair(image, mask, size)
+            out.append(LoadedSample(s, image, mask, self.source_class(s), self.split_of(s), shape))
         return out
 
     def _problem(self, path: Path, reason: str) -> None:
